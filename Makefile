@@ -1,0 +1,38 @@
+# The one source of truth for building, testing and running Ambit; .ci/run calls these targets.
+# Run as root on Debian: the network-namespace tests, the demo and the bench need it.
+
+CARGO ?= cargo
+APT_PACKAGES := iproute2 nftables iptables tcpdump iperf3 openssl procps
+
+.PHONY: deps build demo test lint bench fmt
+
+# Installs the system packages the tests, demo and bench use (only those missing).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+
+build:
+	$(CARGO) build --release --workspace
+
+# Two-node ztunnel demo in network namespaces: mTLS on the wire, live policy, metrics.
+demo: deps build
+	./target/release/ambitctl demo --ztunnel ./target/release/ztunnel
+
+# The whole test suite: unit, in-memory, and network-namespace tests (root).
+test: deps
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# Throughput, latency, connection rate and memory against the direct path, same run.
+bench: deps build
+	./target/release/ambit-bench --ztunnel ./target/release/ztunnel
