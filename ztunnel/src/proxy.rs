@@ -1,0 +1,168 @@
+//! The per-pod proxy: for each captured pod on this node, three listeners opened inside the pod's
+//! network namespace — outbound (15001), inbound plaintext (15006) and inbound HBONE (15008) —
+//! sharing the node-wide state, certificates, HBONE pool and metrics.
+
+mod accounting;
+mod inbound;
+mod outbound;
+mod plaintext;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use ambit_hbone::{client::ClientSettings, pool::{Pool, PoolSettings}, server::ServerSettings};
+use ambit_identity::SpiffeId;
+use ambit_model::{State, Workload};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{certs::CertManager, metrics::Metrics, netns::PodNetns};
+
+/// Port of the outbound listener (Istio: 15001).
+pub const OUTBOUND_PORT: u16 = 15001;
+/// Port of the inbound plaintext listener (Istio: 15006).
+pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
+/// Port of the inbound HBONE listener (Istio: 15008).
+pub const HBONE_PORT: u16 = 15008;
+
+/// One pooled HBONE connection serves one (source identity, source pod address, expected
+/// destination identities, destination) — sockets live in the source pod's namespace, so the
+/// source address is part of the key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct PoolKey {
+    pub source: SpiffeId,
+    pub source_ip: IpAddr,
+    pub destination_identities: Vec<SpiffeId>,
+    pub destination: SocketAddr,
+}
+
+/// Everything the listeners of every pod share.
+pub struct ProxyInputs {
+    pub state: watch::Receiver<Arc<State>>,
+    pub certs: Arc<CertManager>,
+    pub pool: Pool<PoolKey>,
+    pub metrics: Arc<Metrics>,
+    pub hbone_server: ServerSettings,
+    pub tls_handshake_timeout: Duration,
+    /// Cancelled on SIGTERM: listeners stop accepting and HBONE servers send GOAWAY.
+    pub drain: CancellationToken,
+    /// Every proxied connection, so a drain can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl ProxyInputs {
+    pub fn new(
+        state: watch::Receiver<Arc<State>>,
+        certs: Arc<CertManager>,
+        metrics: Arc<Metrics>,
+        pool_idle_timeout: Duration,
+    ) -> Self {
+        let pool = Pool::new(
+            PoolSettings { idle_timeout: pool_idle_timeout, ..PoolSettings::default() },
+            ClientSettings::default(),
+        );
+        ProxyInputs {
+            state,
+            certs,
+            pool,
+            metrics,
+            hbone_server: ServerSettings::default(),
+            tls_handshake_timeout: Duration::from_secs(10),
+            drain: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.borrow().clone()
+    }
+}
+
+/// The SPIFFE identity of a workload.
+pub fn identity_of(w: &Workload) -> Result<SpiffeId, ambit_identity::SpiffeIdError> {
+    SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account)
+}
+
+/// A captured pod: its namespace and address, as the listeners see it.
+pub struct Pod {
+    pub key: String,
+    pub ip: IpAddr,
+    pub netns: PodNetns,
+}
+
+/// The running listeners of one pod; dropping it (or cancelling) closes them.
+pub struct PodProxy {
+    pub key: String,
+    pub netns: std::path::PathBuf,
+    stop: CancellationToken,
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("workload {workload}: {source}")]
+    Netns { workload: String, source: crate::netns::NetnsError },
+    #[error("workload {workload}: cannot listen on {addr} in {netns}: {source}")]
+    Listen { workload: String, addr: SocketAddr, netns: String, source: std::io::Error },
+    #[error("workload {workload} has no address")]
+    NoAddress { workload: String },
+}
+
+/// Opens the three listeners inside `workload`'s namespace and starts serving them.
+pub fn start_pod(inputs: &Arc<ProxyInputs>, workload: &Workload, netns_path: &std::path::Path) -> Result<PodProxy, PodError> {
+    let key = workload.key();
+    let ip = *workload.addresses.first().ok_or_else(|| PodError::NoAddress { workload: key.clone() })?;
+    let netns = PodNetns::open(netns_path).map_err(|source| PodError::Netns { workload: key.clone(), source })?;
+    let listen = |addr: SocketAddr| -> Result<TcpListener, PodError> {
+        netns.listen(addr).map_err(|source| PodError::Listen {
+            workload: key.clone(),
+            addr,
+            netns: netns_path.display().to_string(),
+            source,
+        })
+    };
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let outbound = listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), OUTBOUND_PORT))?;
+    let plaintext = listen(SocketAddr::new(any, INBOUND_PLAINTEXT_PORT))?;
+    let hbone = listen(SocketAddr::new(any, HBONE_PORT))?;
+    let pod = Arc::new(Pod { key: key.clone(), ip, netns });
+    let stop = inputs.drain.child_token();
+    tokio::spawn(outbound::serve(inputs.clone(), pod.clone(), outbound, stop.clone()));
+    tokio::spawn(plaintext::serve(inputs.clone(), pod.clone(), plaintext, stop.clone()));
+    tokio::spawn(inbound::serve(inputs.clone(), pod, hbone, stop.clone()));
+    tracing::info!(workload = %key, netns = %netns_path.display(), %ip, "pod captured: listening on 15001, 15006, 15008");
+    Ok(PodProxy { key, netns: netns_path.into(), stop })
+}
+
+/// Accept loop shared by the listeners: stops on `stop`, keeps going on per-connection errors.
+async fn accept_loop<F, Fut>(listener: TcpListener, stop: CancellationToken, tracker: TaskTracker, mut handle: F)
+where
+    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(handle(stream, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
