@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use ambit_identity::{CertificateAuthority, SpiffeId, TrustBundle, WorkloadCertificate, tls};
 use ambit_testkit::{pcap_contains, pcap_tls_records};
 use bytes::Bytes;
-use harness::{ECHO_PORT, Mesh, VIP, echo_fails, echo_roundtrip, metric, payload, wait_until};
+use harness::{Mesh, VIP, echo_fails, echo_roundtrip, metric, payload, wait_until};
 
 fn ca(mesh: &Mesh) -> CertificateAuthority {
     let cert = std::fs::read_to_string(&mesh.files.ca.cert).expect("CA cert");
@@ -310,15 +310,18 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
 }
 
 /// An h2 client over an authenticated HBONE connection, for hand-made requests.
-async fn raw_h2(mesh: &Mesh) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+async fn tls_stream(mesh: &Mesh) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let ca = ca(mesh);
     let cert = ca.issue(&SpiffeId::new("cluster.local", "default", "rogue")?, Duration::from_secs(600))?;
     let tcp = mesh.outsider.tcp_connect(SocketAddr::from((mesh.server.ip, 15008)))?;
     tcp.set_nonblocking(true)?;
     let tcp = tokio::net::TcpStream::from_std(tcp)?;
     let config = tls::client_config(&cert, &ca.trust_bundle()?, &[SpiffeId::new("cluster.local", "default", "echo")?])?;
-    let stream = tokio_rustls::TlsConnector::from(config).connect(tls::server_name(), tcp).await?;
-    let (send, conn) = h2::client::handshake(stream).await?;
+    Ok(tokio_rustls::TlsConnector::from(config).connect(tls::server_name(), tcp).await?)
+}
+
+async fn raw_h2(mesh: &Mesh) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+    let (send, conn) = h2::client::handshake(tls_stream(mesh).await?).await?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -349,28 +352,53 @@ async fn malformed_connects_and_rapid_reset_floods_are_refused_and_counted() -> 
     assert!(refused(&mesh, "target_not_local") >= 1.0);
     assert!(refused(&mesh, "upstream_unavailable") >= 1.0);
 
-    // Rapid reset (CVE-2023-44487): open and cancel streams as fast as possible.
-    let flood = mesh.outsider.netns.clone();
-    let _ = flood;
-    let mut flooder = raw_h2(&mesh).await?;
-    let mut sent = 0;
-    for _ in 0..20_000 {
-        let Ok(mut ready) = flooder.clone().ready().await else { break };
-        let req = http::Request::connect(target.to_string()).body(())?;
-        match ready.send_request(req, false) {
-            Ok((response, mut stream)) => {
-                stream.send_reset(h2::Reason::CANCEL);
-                drop(response);
-                sent += 1;
+    // Rapid reset (CVE-2023-44487): HEADERS + RST_STREAM pairs written in one burst, as an
+    // attacker would, below anything a client library would let us do.
+    let mut tls = tls_stream(&mesh).await?;
+    let flood = rapid_reset_frames(target, 10_000);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tls.write_all(&flood).await;
+    let _ = tls.flush().await;
+    let mut sink = vec![0u8; 64 * 1024];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(n) = tls.read(&mut sink).await {
+            if n == 0 {
+                break;
             }
-            Err(_) => break,
         }
-        flooder = ready;
-    }
+    })
+    .await;
+    assert!(drained.is_ok(), "ztunnel must hang up on a rapid-reset flood");
+    let sent = 10_000;
     wait_until(Duration::from_secs(10), || Ok(refused(&mesh, "protocol_error") >= 1.0))
         .map_err(|e| e.context(format!("after {sent} reset streams")))?;
     // ztunnel is unharmed: a normal connection still works.
     assert_eq!(echo_roundtrip(mesh.client.tcp_connect(target)?, b"alive")?, b"alive");
-    let _ = ECHO_PORT;
     Ok(())
+}
+
+/// The client preface, an empty SETTINGS, then `count` streams each opened with a CONNECT
+/// HEADERS frame and cancelled at once with RST_STREAM (RFC 9113 §4.1 frame layout).
+fn rapid_reset_frames(target: SocketAddr, count: u32) -> Vec<u8> {
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    // HPACK (RFC 7541): literal header field without indexing, name from the static table
+    // (2 = :method, 1 = :authority); values are short enough for a one-byte length.
+    let authority = target.to_string();
+    let mut block = vec![0x02, 7];
+    block.extend_from_slice(b"CONNECT");
+    block.extend_from_slice(&[0x01, authority.len() as u8]);
+    block.extend_from_slice(authority.as_bytes());
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]);
+    for i in 0..count {
+        let stream = 2 * i + 1;
+        frame(&mut out, 0x1, 0x4, stream, &block); // HEADERS, END_HEADERS
+        frame(&mut out, 0x3, 0, stream, &0x8u32.to_be_bytes()); // RST_STREAM, CANCEL
+    }
+    out
 }
