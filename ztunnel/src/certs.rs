@@ -22,6 +22,9 @@ pub enum CertError {
 
 struct Issued {
     cert: WorkloadCertificate,
+    /// Half-way between issuance and expiry (the certificate's own `not_before` is backdated for
+    /// clock skew, so it cannot say when half its life has passed).
+    renew_at: SystemTime,
     server: Arc<rustls::ServerConfig>,
     clients: Mutex<HashMap<Vec<SpiffeId>, Arc<rustls::ClientConfig>>>,
 }
@@ -49,10 +52,11 @@ impl CertManager {
     fn issued(&self, id: &SpiffeId) -> Result<Arc<Issued>, CertError> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = cache.get(id)
-            && SystemTime::now() < entry.cert.renew_at()
+            && SystemTime::now() < entry.renew_at
         {
             return Ok(entry.clone());
         }
+        let issued_at = SystemTime::now();
         let cert = self
             .ca
             .issue(id, self.ttl)
@@ -60,7 +64,7 @@ impl CertManager {
         let server = tls::server_config(&cert, &self.trust)
             .map_err(|e| CertError::Tls { identity: id.clone(), reason: e.to_string() })?;
         tracing::info!(identity = %id, not_after = %humantime::format_rfc3339_seconds(cert.not_after()), "issued workload certificate");
-        let entry = Arc::new(Issued { cert, server, clients: Mutex::new(HashMap::new()) });
+        let entry = Arc::new(Issued { cert, renew_at: issued_at + self.ttl / 2, server, clients: Mutex::new(HashMap::new()) });
         cache.insert(id.clone(), entry.clone());
         Ok(entry)
     }

@@ -193,6 +193,42 @@ fn ztunnel_restart_fails_closed_then_recovers() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn certificates_rotate_at_half_life_without_dropping_open_connections() -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut mesh = Mesh::start("rotate")?;
+    // Restart node1's ztunnel with 4-second certificates.
+    mesh.z1.process.stop(Duration::from_secs(10))?;
+    let (files, node1) = (mesh.files.clone(), mesh.node1.clone());
+    mesh.z1 = mesh.net.spawn_ztunnel(&node1, &files, &["--cert-ttl", "4s", "--config-poll", "100ms"])?;
+    mesh.z1.wait_ready(Duration::from_secs(10))?;
+    let addr = mesh.server_addr();
+    let mut open = mesh.client.tcp_connect(addr)?;
+    open.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let echo = |s: &mut std::net::TcpStream, msg: &[u8]| -> anyhow::Result<()> {
+        s.write_all(msg)?;
+        let mut buf = vec![0; msg.len()];
+        s.read_exact(&mut buf)?;
+        anyhow::ensure!(buf == msg, "echo mismatch");
+        Ok(())
+    };
+    echo(&mut open, b"first")?;
+    let not_after = |dump: &str| -> anyhow::Result<String> {
+        let v: serde_json::Value = serde_json::from_str(dump)?;
+        Ok(v["certificates"].to_string())
+    };
+    let before = not_after(&mesh.z1.config_dump()?)?;
+    // Past half-life (2 s) a new connection gets a fresh certificate ...
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(echo_roundtrip(mesh.client.tcp_connect(addr)?, b"new")?, b"new");
+    let after = not_after(&mesh.z1.config_dump()?)?;
+    assert_ne!(before, after, "the certificate should have been re-issued");
+    // ... and the connection opened under the first one outlives that certificate.
+    std::thread::sleep(Duration::from_millis(2500));
+    echo(&mut open, b"still open after expiry")?;
+    Ok(())
+}
+
 /// A TLS client run from the outsider pod straight at the server pod's 15008.
 async fn tls_to_hbone(
     mesh: &Mesh,
