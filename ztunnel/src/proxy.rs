@@ -28,6 +28,10 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// Port of the inbound HBONE listener (Istio: 15008).
 pub const HBONE_PORT: u16 = 15008;
 
+/// ztunnel's own ports, never a valid CONNECT target: 15001/15006/15008 in the pod, and the
+/// admin (15000), metrics (15020) and readiness (15021) ports.
+pub const RESERVED_PORTS: [u16; 6] = [15000, OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT, 15020, 15021];
+
 /// One pooled HBONE connection serves one (source identity, source pod address, expected
 /// destination identities, destination) — sockets live in the source pod's namespace, so the
 /// source address is part of the key.

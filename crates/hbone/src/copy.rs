@@ -26,7 +26,7 @@ const MIN_SPARE: usize = 4 * 1024;
 ///
 /// EOF from the socket sends END_STREAM; END_STREAM from the peer shuts down the socket's write
 /// side. Returns `(bytes socket→stream, bytes stream→socket)`. An error in either direction ends
-/// both and drops the stream, which resets it (CANCEL) so the peer stops too.
+/// both and resets the stream with CONNECT_ERROR so the peer sees an abort, not a clean close.
 pub async fn copy_bidirectional<T>(socket: &mut T, stream: H2Stream) -> io::Result<(u64, u64)>
 where
     T: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -36,7 +36,11 @@ where
         upload: Upload::new(),
         download: Download::new(),
     };
-    poll_fn(|cx| copy.poll(cx, &mut *socket)).await
+    let result = poll_fn(|cx| copy.poll(cx, &mut *socket)).await;
+    if result.is_err() {
+        copy.stream.abort();
+    }
+    result
 }
 
 struct Copy {

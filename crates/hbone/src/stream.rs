@@ -108,6 +108,12 @@ impl H2Stream {
         }
     }
 
+    /// Resets the stream with CONNECT_ERROR: the TCP connection behind the tunnel failed
+    /// (RFC 9113 §8.5), which a peer reports as an error rather than a clean close.
+    pub(crate) fn abort(&mut self) {
+        self.send.send_reset(Reason::CONNECT_ERROR);
+    }
+
     pub(crate) fn send_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
         self.send.send_data(chunk, false).map_err(h2_to_io)
     }

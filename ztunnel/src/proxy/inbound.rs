@@ -103,8 +103,16 @@ async fn handle_stream(
 ) {
     let target = incoming.request().target;
     let state = inputs.state();
-    let destination = match state.workload_by_ip(target.ip()) {
-        Some(w) if target.ip() == pod.ip => w.clone(),
+    // A CONNECT back into ztunnel's own ports would loop (Istio: SelfCall → 503).
+    if super::RESERVED_PORTS.contains(&target.port()) {
+        inputs.metrics.refuse(LISTENER, "reserved_port");
+        tracing::warn!(%peer, %target, "CONNECT to one of ztunnel's own ports refused");
+        incoming.refuse(Refusal::Unavailable);
+        return;
+    }
+    // Any of this pod's addresses (dual-stack peers may pick either family).
+    let destination = match state.workload_by_ip(pod.ip) {
+        Some(w) if w.addresses.contains(&target.ip()) => w.clone(),
         _ => {
             inputs.metrics.refuse(LISTENER, "target_not_local");
             tracing::warn!(%peer, %target, pod = %pod.key, "CONNECT target is not this pod");

@@ -63,10 +63,11 @@ fn resolve(state: &State, original: SocketAddr) -> Route {
     }
 }
 
-/// Istio-style baggage describing the source workload.
+/// Istio-style baggage describing the source workload (the keys Istio's ztunnel sends; cluster,
+/// version and locality are not modelled yet, so they carry Istio's defaults).
 fn baggage(w: &Workload) -> String {
     format!(
-        "k8s.namespace.name={},k8s.deployment.name={},service.name={}",
+        "k8s.cluster.name=Kubernetes,k8s.namespace.name={},k8s.deployment.name={},service.name={},service.version=latest",
         w.namespace, w.workload_name, w.workload_name
     )
 }

@@ -380,6 +380,8 @@ async fn malformed_connects_and_rapid_reset_floods_are_refused_and_counted() -> 
     assert_eq!(status_of(&mut send, get).await?, 400, "GET must get 400");
     let elsewhere = http::Request::connect("10.244.2.200:8080").body(())?;
     assert_eq!(status_of(&mut send, elsewhere).await?, 400, "a CONNECT to another pod must get 400");
+    let loopback = http::Request::connect(format!("{}:15006", mesh.server.ip)).body(())?;
+    assert_eq!(status_of(&mut send, loopback).await?, 503, "a CONNECT into ztunnel's own ports must get 503");
     let no_listener = http::Request::connect(format!("{}:9", mesh.server.ip)).body(())?;
     assert_eq!(status_of(&mut send, no_listener).await?, 503, "an unreachable app must get 503");
     let good = http::Request::connect(target.to_string()).body(())?;
@@ -387,6 +389,7 @@ async fn malformed_connects_and_rapid_reset_floods_are_refused_and_counted() -> 
     assert!(refused(&mesh, "not_connect") >= 1.0);
     assert!(refused(&mesh, "target_not_local") >= 1.0);
     assert!(refused(&mesh, "upstream_unavailable") >= 1.0);
+    assert!(refused(&mesh, "reserved_port") >= 1.0);
 
     // Rapid reset (CVE-2023-44487): HEADERS + RST_STREAM pairs written in one burst, as an
     // attacker would, below anything a client library would let us do.
