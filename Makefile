@@ -2,18 +2,27 @@
 # Run as root on Debian: the network-namespace tests, the demo and the bench need it.
 
 CARGO ?= cargo
-APT_PACKAGES := iproute2 nftables iptables tcpdump iperf3 openssl procps
+APT_PACKAGES := iproute2 nftables tcpdump
+BENCH_PACKAGES := iperf3 haproxy util-linux
 
-.PHONY: deps build demo test lint bench fmt
+.PHONY: deps bench-deps build demo test lint bench fmt
 
-# Installs the system packages the tests, demo and bench use (only those missing).
-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the Debian packages in $(1) that are missing.
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+endef
+
+# What the tests and the demo need.
+deps:
+	$(call apt_install,$(APT_PACKAGES))
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
+
+bench-deps: deps
+	$(call apt_install,$(BENCH_PACKAGES))
 
 build:
 	$(CARGO) build --release --workspace
@@ -34,5 +43,5 @@ fmt:
 	$(CARGO) fmt --all
 
 # Throughput, latency, connection rate and memory against the direct path, same run.
-bench: deps build
+bench: bench-deps build
 	./target/release/ambit-bench --ztunnel ./target/release/ztunnel

@@ -52,5 +52,9 @@ pub async fn serve(listener: TcpListener, route: Route, stop: CancellationToken)
 }
 
 pub fn not_found(path: &str) -> (StatusCode, &'static str, String) {
-    (StatusCode::NOT_FOUND, "text/plain", format!("no such endpoint: {path}\n"))
+    (
+        StatusCode::NOT_FOUND,
+        "text/plain",
+        format!("no such endpoint: {path}\n"),
+    )
 }

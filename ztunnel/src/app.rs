@@ -30,15 +30,27 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot read {what} {path}: {source}")]
-    Read { what: &'static str, path: PathBuf, source: std::io::Error },
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("CA certificate/key ({cert} / {key}): {reason}")]
-    Ca { cert: PathBuf, key: PathBuf, reason: String },
+    Ca {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error("trust bundle {path}: {reason}")]
     Trust { path: PathBuf, reason: String },
     #[error(transparent)]
     Source(#[from] source::SourceError),
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: &'static str, addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What a running pod proxy was started from; a change restarts it.
@@ -62,29 +74,51 @@ pub struct Ztunnel {
 }
 
 fn read(what: &'static str, path: &PathBuf) -> Result<String, StartError> {
-    std::fs::read_to_string(path).map_err(|source| StartError::Read { what, path: path.clone(), source })
+    std::fs::read_to_string(path).map_err(|source| StartError::Read {
+        what,
+        path: path.clone(),
+        source,
+    })
 }
 
 impl Ztunnel {
     pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
-        let ca = CertificateAuthority::from_pem(&read("CA certificate", &config.ca_cert)?, &read("CA key", &config.ca_key)?)
-            .map_err(|e| StartError::Ca { cert: config.ca_cert.clone(), key: config.ca_key.clone(), reason: e.to_string() })?;
+        let ca = CertificateAuthority::from_pem(
+            &read("CA certificate", &config.ca_cert)?,
+            &read("CA key", &config.ca_key)?,
+        )
+        .map_err(|e| StartError::Ca {
+            cert: config.ca_cert.clone(),
+            key: config.ca_key.clone(),
+            reason: e.to_string(),
+        })?;
         let mut roots = vec![ca.root_der()];
         if let Some(path) = &config.trust_bundle {
-            let extra = TrustBundle::from_pem(&read("trust bundle", path)?)
-                .map_err(|e| StartError::Trust { path: path.clone(), reason: e.to_string() })?;
+            let extra = TrustBundle::from_pem(&read("trust bundle", path)?).map_err(|e| StartError::Trust {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             roots.extend(extra.roots().iter().cloned());
         }
-        let trust = TrustBundle::new(roots)
-            .map_err(|e| StartError::Trust { path: config.ca_cert.clone(), reason: e.to_string() })?;
+        let trust = TrustBundle::new(roots).map_err(|e| StartError::Trust {
+            path: config.ca_cert.clone(),
+            reason: e.to_string(),
+        })?;
         let (state, text) = source::load(&config.config_file)?;
         let (tx, rx) = watch::channel(Arc::new(state));
         let metrics = Arc::new(Metrics::new());
         let certs = Arc::new(CertManager::new(ca, trust, config.cert_ttl));
-        let inputs = Arc::new(ProxyInputs::new(rx.clone(), certs, metrics.clone(), config.pool_idle_timeout));
+        let inputs = Arc::new(ProxyInputs::new(
+            rx.clone(),
+            certs,
+            metrics.clone(),
+            config.pool_idle_timeout,
+        ));
 
         let bind = |what, addr| async move {
-            admin::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+            admin::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
         };
         let admin_listener = bind("admin", config.admin_addr).await?;
         let metrics_listener = bind("metrics", config.metrics_addr).await?;
@@ -103,12 +137,36 @@ impl Ztunnel {
             metrics.clone(),
             background.clone(),
         ));
-        tokio::spawn(reconcile_loop(inputs.clone(), config.node.clone(), pods.clone(), ready.clone(), rx, background.clone()));
-        tokio::spawn(admin::serve(admin_listener, config_dump_route(&inputs, &config.node, &pods), background.clone()));
-        tokio::spawn(admin::serve(metrics_listener, metrics_route(&inputs), background.clone()));
-        tokio::spawn(admin::serve(readiness_listener, readiness_route(ready), background.clone()));
+        tokio::spawn(reconcile_loop(
+            inputs.clone(),
+            config.node.clone(),
+            pods.clone(),
+            ready.clone(),
+            rx,
+            background.clone(),
+        ));
+        tokio::spawn(admin::serve(
+            admin_listener,
+            config_dump_route(&inputs, &config.node, &pods),
+            background.clone(),
+        ));
+        tokio::spawn(admin::serve(
+            metrics_listener,
+            metrics_route(&inputs),
+            background.clone(),
+        ));
+        tokio::spawn(admin::serve(
+            readiness_listener,
+            readiness_route(ready),
+            background.clone(),
+        ));
         tracing::info!(node = %config.node, admin = %config.admin_addr, metrics = %config.metrics_addr, readiness = %config.readiness_addr, "ztunnel started");
-        Ok(Ztunnel { config, inputs, pods, background })
+        Ok(Ztunnel {
+            config,
+            inputs,
+            pods,
+            background,
+        })
     }
 
     /// Graceful drain: stop accepting, GOAWAY every HBONE connection, wait up to the drain
@@ -117,8 +175,14 @@ impl Ztunnel {
         tracing::info!(timeout = ?self.config.drain_timeout, open = self.inputs.tracker.len(), "draining");
         self.inputs.drain.cancel();
         self.inputs.tracker.close();
-        if tokio::time::timeout(self.config.drain_timeout, self.inputs.tracker.wait()).await.is_err() {
-            tracing::warn!(open = self.inputs.tracker.len(), "drain timeout: closing the remaining connections");
+        if tokio::time::timeout(self.config.drain_timeout, self.inputs.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.inputs.tracker.len(),
+                "drain timeout: closing the remaining connections"
+            );
         }
         self.pods.lock().unwrap_or_else(|e| e.into_inner()).running.clear();
         self.background.cancel();
@@ -131,7 +195,16 @@ fn reconcile(inputs: &Arc<ProxyInputs>, node: &str, pods: &Mutex<Pods>, ready: &
         .workloads_on_node(node)
         .filter_map(|w| {
             let netns = w.netns.clone()?;
-            Some((w.key(), (PodSpec { netns, ip: w.addresses.first().copied() }, w.clone())))
+            Some((
+                w.key(),
+                (
+                    PodSpec {
+                        netns,
+                        ip: w.addresses.first().copied(),
+                    },
+                    w.clone(),
+                ),
+            ))
         })
         .collect();
     let mut pods = pods.lock().unwrap_or_else(|e| e.into_inner());
@@ -184,7 +257,10 @@ fn metrics_route(inputs: &Arc<ProxyInputs>) -> admin::Route {
     let inputs = inputs.clone();
     Arc::new(move |path| match path {
         "/metrics" | "/stats/prometheus" => {
-            inputs.metrics.hbone_connections.set(inputs.pool.connection_count() as i64);
+            inputs
+                .metrics
+                .hbone_connections
+                .set(inputs.pool.connection_count() as i64);
             (StatusCode::OK, "text/plain; version=0.0.4", inputs.metrics.encode())
         }
         other => admin::not_found(other),
@@ -194,7 +270,11 @@ fn metrics_route(inputs: &Arc<ProxyInputs>) -> admin::Route {
 fn readiness_route(ready: Arc<AtomicBool>) -> admin::Route {
     Arc::new(move |path| match path {
         "/healthz/ready" if ready.load(Ordering::Acquire) => (StatusCode::OK, "text/plain", "ready\n".into()),
-        "/healthz/ready" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready: pods not captured yet\n".into()),
+        "/healthz/ready" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: pods not captured yet\n".into(),
+        ),
         other => admin::not_found(other),
     })
 }

@@ -46,7 +46,12 @@ pub struct CertManager {
 
 impl CertManager {
     pub fn new(ca: CertificateAuthority, trust: TrustBundle, ttl: Duration) -> Self {
-        CertManager { ca, trust, ttl, cache: Mutex::new(HashMap::new()) }
+        CertManager {
+            ca,
+            trust,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     fn issued(&self, id: &SpiffeId) -> Result<Arc<Issued>, CertError> {
@@ -57,14 +62,21 @@ impl CertManager {
             return Ok(entry.clone());
         }
         let issued_at = SystemTime::now();
-        let cert = self
-            .ca
-            .issue(id, self.ttl)
-            .map_err(|e| CertError::Issue { identity: id.clone(), reason: e.to_string() })?;
-        let server = tls::server_config(&cert, &self.trust)
-            .map_err(|e| CertError::Tls { identity: id.clone(), reason: e.to_string() })?;
+        let cert = self.ca.issue(id, self.ttl).map_err(|e| CertError::Issue {
+            identity: id.clone(),
+            reason: e.to_string(),
+        })?;
+        let server = tls::server_config(&cert, &self.trust).map_err(|e| CertError::Tls {
+            identity: id.clone(),
+            reason: e.to_string(),
+        })?;
         tracing::info!(identity = %id, not_after = %humantime::format_rfc3339_seconds(cert.not_after()), "issued workload certificate");
-        let entry = Arc::new(Issued { cert, renew_at: issued_at + self.ttl / 2, server, clients: Mutex::new(HashMap::new()) });
+        let entry = Arc::new(Issued {
+            cert,
+            renew_at: issued_at + self.ttl / 2,
+            server,
+            clients: Mutex::new(HashMap::new()),
+        });
         cache.insert(id.clone(), entry.clone());
         Ok(entry)
     }
@@ -81,8 +93,10 @@ impl CertManager {
         if let Some(c) = clients.get(expected) {
             return Ok(c.clone());
         }
-        let config = tls::client_config(&issued.cert, &self.trust, expected)
-            .map_err(|e| CertError::Tls { identity: id.clone(), reason: e.to_string() })?;
+        let config = tls::client_config(&issued.cert, &self.trust, expected).map_err(|e| CertError::Tls {
+            identity: id.clone(),
+            reason: e.to_string(),
+        })?;
         clients.insert(expected.to_vec(), config.clone());
         Ok(config)
     }

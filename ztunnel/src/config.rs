@@ -7,7 +7,11 @@ use clap::Parser;
 
 /// Command-line flags (each also settable as `AMBIT_ZTUNNEL_<FLAG>`).
 #[derive(Debug, Parser)]
-#[command(name = "ztunnel", version, about = "Ambit's per-node L4 proxy: HBONE mTLS tunnels between nodes")]
+#[command(
+    name = "ztunnel",
+    version,
+    about = "Ambit's per-node L4 proxy: HBONE mTLS tunnels between nodes"
+)]
 pub struct Args {
     /// Local workload/service/policy YAML file, watched for changes.
     #[arg(long, env = "AMBIT_ZTUNNEL_CONFIG")]

@@ -1,6 +1,9 @@
 //! The `ztunnel` binary: parse flags, start the app, drain on SIGTERM/SIGINT.
 
-use ambit_ztunnel::{app::Ztunnel, config::{Args, Config}};
+use ambit_ztunnel::{
+    app::Ztunnel,
+    config::{Args, Config},
+};
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 

@@ -71,9 +71,21 @@ impl Metrics {
         };
         {
             let mut r = m.lock();
-            r.register("istio_tcp_connections_opened", "TCP connections opened", m.connections_opened.clone());
-            r.register("istio_tcp_connections_closed", "TCP connections closed", m.connections_closed.clone());
-            r.register("istio_tcp_sent_bytes", "Bytes sent from source to destination", m.sent_bytes.clone());
+            r.register(
+                "istio_tcp_connections_opened",
+                "TCP connections opened",
+                m.connections_opened.clone(),
+            );
+            r.register(
+                "istio_tcp_connections_closed",
+                "TCP connections closed",
+                m.connections_closed.clone(),
+            );
+            r.register(
+                "istio_tcp_sent_bytes",
+                "Bytes sent from source to destination",
+                m.sent_bytes.clone(),
+            );
             r.register(
                 "istio_tcp_received_bytes",
                 "Bytes received by the source from the destination",
@@ -84,9 +96,21 @@ impl Metrics {
                 "Connections or HBONE streams refused, by listener and reason",
                 m.refused.clone(),
             );
-            r.register("ambit_config_reloads", "Config file reloads by result", m.config_reloads.clone());
-            r.register("ambit_hbone_client_connections", "Open pooled HBONE client connections", m.hbone_connections.clone());
-            r.register("ambit_active_connections", "Proxied connections currently open", m.active_connections.clone());
+            r.register(
+                "ambit_config_reloads",
+                "Config file reloads by result",
+                m.config_reloads.clone(),
+            );
+            r.register(
+                "ambit_hbone_client_connections",
+                "Open pooled HBONE client connections",
+                m.hbone_connections.clone(),
+            );
+            r.register(
+                "ambit_active_connections",
+                "Proxied connections currently open",
+                m.active_connections.clone(),
+            );
         }
         m
     }

@@ -36,7 +36,10 @@ fn home() -> Result<&'static File, NetnsError> {
         return Ok(f);
     }
     let path = Path::new("/proc/self/ns/net");
-    let file = File::open(path).map_err(|source| NetnsError::Open { path: path.into(), source })?;
+    let file = File::open(path).map_err(|source| NetnsError::Open {
+        path: path.into(),
+        source,
+    })?;
     Ok(HOME.get_or_init(|| file))
 }
 
@@ -51,8 +54,14 @@ impl PodNetns {
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
         // Resolve ztunnel's own namespace before ever leaving it.
         home()?;
-        let file = File::open(path).map_err(|source| NetnsError::Open { path: path.into(), source })?;
-        Ok(PodNetns { file, path: path.into() })
+        let file = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.into(),
+            source,
+        })?;
+        Ok(PodNetns {
+            file,
+            path: path.into(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -62,8 +71,10 @@ impl PodNetns {
     /// Runs `f` on this thread while it is inside the pod's namespace, then returns home.
     fn run<R>(&self, f: impl FnOnce() -> R) -> Result<R, NetnsError> {
         let home = home()?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|source| NetnsError::Enter { path: self.path.clone(), source })?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+            path: self.path.clone(),
+            source,
+        })?;
         let result = f();
         setns(home.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Return)?;
         Ok(result)
@@ -71,7 +82,8 @@ impl PodNetns {
 
     /// A listener inside the pod, with SO_REUSEPORT so a new ztunnel can take over.
     pub fn listen(&self, addr: SocketAddr) -> io::Result<TcpListener> {
-        let socket = self.run(|| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)))
+        let socket = self
+            .run(|| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)))
             .map_err(io::Error::other)??;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
@@ -83,7 +95,8 @@ impl PodNetns {
 
     /// Connects from inside the pod, marked so the capture rules do not redirect it again.
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let socket = self.run(|| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)))
+        let socket = self
+            .run(|| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)))
             .map_err(io::Error::other)??;
         connect_marked(socket, addr).await
     }
@@ -107,7 +120,11 @@ async fn connect_marked(socket: Socket, addr: SocketAddr) -> io::Result<TcpStrea
 pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
     let sock = socket2::SockRef::from(stream);
     let local = stream.local_addr()?;
-    let addr = if local.is_ipv4() { sock.original_dst_v4()? } else { sock.original_dst_v6()? };
+    let addr = if local.is_ipv4() {
+        sock.original_dst_v4()?
+    } else {
+        sock.original_dst_v6()?
+    };
     addr.as_socket()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "SO_ORIGINAL_DST returned a non-IP address"))
 }

@@ -13,7 +13,11 @@ use std::{
     time::Duration,
 };
 
-use ambit_hbone::{client::ClientSettings, pool::{Pool, PoolSettings}, server::ServerSettings};
+use ambit_hbone::{
+    client::ClientSettings,
+    pool::{Pool, PoolSettings},
+    server::ServerSettings,
+};
 use ambit_identity::SpiffeId;
 use ambit_model::{State, Workload};
 use tokio::{net::TcpListener, sync::watch};
@@ -65,7 +69,10 @@ impl ProxyInputs {
         pool_idle_timeout: Duration,
     ) -> Self {
         let pool = Pool::new(
-            PoolSettings { idle_timeout: pool_idle_timeout, ..PoolSettings::default() },
+            PoolSettings {
+                idle_timeout: pool_idle_timeout,
+                ..PoolSettings::default()
+            },
             ClientSettings::default(),
         );
         ProxyInputs {
@@ -113,18 +120,36 @@ impl Drop for PodProxy {
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
     #[error("workload {workload}: {source}")]
-    Netns { workload: String, source: crate::netns::NetnsError },
+    Netns {
+        workload: String,
+        source: crate::netns::NetnsError,
+    },
     #[error("workload {workload}: cannot listen on {addr} in {netns}: {source}")]
-    Listen { workload: String, addr: SocketAddr, netns: String, source: std::io::Error },
+    Listen {
+        workload: String,
+        addr: SocketAddr,
+        netns: String,
+        source: std::io::Error,
+    },
     #[error("workload {workload} has no address")]
     NoAddress { workload: String },
 }
 
 /// Opens the three listeners inside `workload`'s namespace and starts serving them.
-pub fn start_pod(inputs: &Arc<ProxyInputs>, workload: &Workload, netns_path: &std::path::Path) -> Result<PodProxy, PodError> {
+pub fn start_pod(
+    inputs: &Arc<ProxyInputs>,
+    workload: &Workload,
+    netns_path: &std::path::Path,
+) -> Result<PodProxy, PodError> {
     let key = workload.key();
-    let ip = *workload.addresses.first().ok_or_else(|| PodError::NoAddress { workload: key.clone() })?;
-    let netns = PodNetns::open(netns_path).map_err(|source| PodError::Netns { workload: key.clone(), source })?;
+    let ip = *workload
+        .addresses
+        .first()
+        .ok_or_else(|| PodError::NoAddress { workload: key.clone() })?;
+    let netns = PodNetns::open(netns_path).map_err(|source| PodError::Netns {
+        workload: key.clone(),
+        source,
+    })?;
     let listen = |addr: SocketAddr| -> Result<TcpListener, PodError> {
         netns.listen(addr).map_err(|source| PodError::Listen {
             workload: key.clone(),
@@ -137,13 +162,21 @@ pub fn start_pod(inputs: &Arc<ProxyInputs>, workload: &Workload, netns_path: &st
     let outbound = listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), OUTBOUND_PORT))?;
     let plaintext = listen(SocketAddr::new(any, INBOUND_PLAINTEXT_PORT))?;
     let hbone = listen(SocketAddr::new(any, HBONE_PORT))?;
-    let pod = Arc::new(Pod { key: key.clone(), ip, netns });
+    let pod = Arc::new(Pod {
+        key: key.clone(),
+        ip,
+        netns,
+    });
     let stop = inputs.drain.child_token();
     tokio::spawn(outbound::serve(inputs.clone(), pod.clone(), outbound, stop.clone()));
     tokio::spawn(plaintext::serve(inputs.clone(), pod.clone(), plaintext, stop.clone()));
     tokio::spawn(inbound::serve(inputs.clone(), pod, hbone, stop.clone()));
     tracing::info!(workload = %key, netns = %netns_path.display(), %ip, "pod captured: listening on 15001, 15006, 15008");
-    Ok(PodProxy { key, netns: netns_path.into(), stop })
+    Ok(PodProxy {
+        key,
+        netns: netns_path.into(),
+        stop,
+    })
 }
 
 /// Accept loop shared by the listeners: stops on `stop`, keeps going on per-connection errors.

@@ -3,7 +3,11 @@
 //! last good state stays in force. (The operator's xDS client of a later issue feeds the same
 //! channel.)
 
-use std::{path::{Path, PathBuf}, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use ambit_model::State;
 use tokio::sync::watch;
@@ -20,14 +24,19 @@ pub enum SourceError {
 }
 
 fn parse(path: &Path, text: &str) -> Result<State, SourceError> {
-    let config = ambit_model::config::parse(text)
-        .map_err(|e| SourceError::Parse { path: path.into(), reason: e.to_string() })?;
+    let config = ambit_model::config::parse(text).map_err(|e| SourceError::Parse {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     Ok(State::from_config(config))
 }
 
 /// Reads and parses the file once (start-up: a bad file is fatal).
 pub fn load(path: &Path) -> Result<(State, String), SourceError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+        path: path.into(),
+        source,
+    })?;
     Ok((parse(path, &text)?, text))
 }
 
@@ -52,7 +61,10 @@ pub async fn watch_file(
             Err(e) => {
                 if last != "\0unreadable" {
                     tracing::warn!(path = %path.display(), error = %e, "config file unreadable; keeping the last good config");
-                    metrics.config_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+                    metrics
+                        .config_reloads
+                        .get_or_create(&ResultLabels { result: "error" })
+                        .inc();
                     last = "\0unreadable".into();
                 }
                 continue;
@@ -64,12 +76,18 @@ pub async fn watch_file(
         match parse(&path, &text) {
             Ok(state) => {
                 tracing::info!(path = %path.display(), "config reloaded");
-                metrics.config_reloads.get_or_create(&ResultLabels { result: "ok" }).inc();
+                metrics
+                    .config_reloads
+                    .get_or_create(&ResultLabels { result: "ok" })
+                    .inc();
                 tx.send_replace(Arc::new(state));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "bad config edit rejected; keeping the last good config");
-                metrics.config_reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+                metrics
+                    .config_reloads
+                    .get_or_create(&ResultLabels { result: "error" })
+                    .inc();
             }
         }
         last = text;

@@ -4,6 +4,7 @@
 //! It does not authenticate who asks for a certificate (that is the caller's job) and does not
 //! rotate anything: callers re-issue at [`WorkloadCertificate::renew_at`].
 
+mod key;
 mod workload;
 
 use std::time::{Duration, SystemTime};
@@ -60,8 +61,18 @@ pub enum CaError {
         index: usize,
         reason: String,
     },
-    #[error("could not read the CA private key PEM (PKCS#8 ECDSA or Ed25519 expected)")]
-    BadCaKey(#[source] rcgen::Error),
+    #[error(
+        "the CA private key PEM holds no unencrypted PRIVATE KEY (PKCS#8), RSA PRIVATE KEY \
+         (PKCS#1) or EC PRIVATE KEY (SEC1) block"
+    )]
+    NoCaKey,
+    #[error(
+        "the {label} block of the CA private key PEM is not a usable key ({reason}); \
+         RSA (2048 to 4096 bits), ECDSA P-256 or P-384, and Ed25519 keys are supported"
+    )]
+    BadCaKey { label: &'static str, reason: String },
+    #[error("the CA private key is on curve {curve}, which cannot sign here; use P-256, P-384 or RSA")]
+    UnsupportedCurve { curve: String },
     #[error("CA certificate {subject:?} is not a CA certificate (basicConstraints cA is not set)")]
     NotCa { subject: String },
     #[error("the private key does not match the public key of certificate {subject:?}")]
@@ -122,25 +133,22 @@ impl CertificateAuthority {
     }
 
     /// Loads an existing CA: `cert_pem` holds its certificate first, optionally followed by the
-    /// certificates above it (ending at the root); `key_pem` its PKCS#8 private key.
+    /// certificates above it (ending at the root); `key_pem` its private key as PKCS#8
+    /// ("PRIVATE KEY"), PKCS#1 ("RSA PRIVATE KEY", as Istio's self-signed CA writes it) or SEC1
+    /// ("EC PRIVATE KEY"). RSA keys of 2048 to 4096 bits, ECDSA P-256 / P-384 and Ed25519 keys
+    /// work; an RSA CA signs with RSA PKCS#1 v1.5 SHA-256, while issued leaves stay P-256.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
         const WHAT: &str = "CA certificate";
         let chain = parse_certificates(WHAT, cert_pem)?;
         let (Some(own), Some(root)) = (chain.first(), chain.last()) else {
             return Err(CaError::NoCertificate { what: WHAT });
         };
-        let key = KeyPair::from_pem(key_pem).map_err(CaError::BadCaKey)?;
+        let own_cert = parse_x509(WHAT, 0, own)?;
+        check_is_ca(&own_cert)?;
+        let key = key::load(key_pem, &own_cert)?;
         let mut intermediates = Vec::new();
         for (index, der) in chain.iter().enumerate() {
             let cert = parse_x509(WHAT, index, der)?;
-            if index == 0 {
-                check_is_ca(&cert)?;
-                if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key) {
-                    return Err(CaError::KeyMismatch {
-                        subject: cert.subject().to_string(),
-                    });
-                }
-            }
             if cert.subject().as_raw() != cert.issuer().as_raw() {
                 intermediates.push(der.clone());
             }
@@ -164,7 +172,8 @@ impl CertificateAuthority {
         certificates_pem(&self.chain)
     }
 
-    /// The CA private key as PKCS#8 PEM. Secret: store it like one.
+    /// The CA private key as PKCS#8 PEM, whatever form it was loaded from. Secret: store it
+    /// like one.
     pub fn key_pem(&self) -> String {
         self.issuer.key().serialize_pem()
     }

@@ -16,7 +16,6 @@ use rustls::crypto::ring::cipher_suite;
 use rustls::{ClientConfig, CommonState, ServerConfig};
 use rustls_pki_types::{CertificateDer, ServerName};
 use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::X509Certificate;
 
 use self::verify::{Refusal, SpiffeClientVerifier, SpiffeServerVerifier};
 use crate::ca::WorkloadCertificate;
@@ -38,23 +37,24 @@ pub enum TlsError {
     BadCertificate { reason: String },
     #[error("certificate has no URI SAN, so it carries no SPIFFE ID")]
     NoUriSan,
-    #[error("certificate has {} URI SANs ({}); a workload certificate carries exactly one", .uris.len(), .uris.join(", "))]
-    MultipleUriSans { uris: Vec<String> },
-    #[error("certificate URI SAN {uri:?} is not a workload SPIFFE ID")]
+    /// No URI SAN parses as a workload SPIFFE ID; `source` says why the first one does not.
+    #[error("no URI SAN of the certificate is a workload SPIFFE ID (URI SANs: {})", .uris.join(", "))]
     NotSpiffe {
-        uri: String,
+        uris: Vec<String>,
         #[source]
         source: SpiffeIdError,
     },
     #[error("peer presented no certificate: is the handshake complete and mutual?")]
     NoPeerCertificate,
-    #[error("peer identity {found} is not expected here; expected {}", IdList(.expected))]
-    UnexpectedPeer { found: SpiffeId, expected: Vec<SpiffeId> },
-    #[error(
-        "peer identity {peer} belongs to trust domain {:?}; only {local:?} is accepted",
-        .peer.trust_domain()
-    )]
-    ForeignTrustDomain { peer: SpiffeId, local: String },
+    /// `found` holds every SPIFFE ID of the peer certificate, in certificate order.
+    #[error("peer identity {} is not expected here; expected {}", IdList(.found), IdList(.expected))]
+    UnexpectedPeer {
+        found: Vec<SpiffeId>,
+        expected: Vec<SpiffeId>,
+    },
+    /// `peer` holds every SPIFFE ID of the peer certificate, in certificate order.
+    #[error("peer identity {} is outside trust domain {local:?}, the only one accepted", IdList(.peer))]
+    ForeignTrustDomain { peer: Vec<SpiffeId>, local: String },
     #[error("a client config needs at least one expected server identity")]
     NoExpectedIdentity,
     #[error("the trust bundle is empty: at least one root CA certificate is needed")]
@@ -193,56 +193,73 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// The SPIFFE ID of the peer's leaf certificate. Only meaningful after the handshake, when the
-/// configs of this module have verified the certificate.
-pub fn peer_identity(conn: &CommonState) -> Result<SpiffeId, TlsError> {
+/// The peer's SPIFFE ID in `trust_domain`: the identity the server config of this module
+/// accepted the client on. Certificates may carry aliases in other trust domains; authorization
+/// must act on the one that was verified, never on a foreign alias that happens to come first.
+/// Only meaningful after the handshake, when the configs of this module have verified the
+/// certificate.
+pub fn peer_identity(conn: &CommonState, trust_domain: &str) -> Result<SpiffeId, TlsError> {
     let leaf = conn
         .peer_certificates()
         .and_then(<[CertificateDer<'_>]>::first)
         .ok_or(TlsError::NoPeerCertificate)?;
-    identity_of(leaf)
+    let ids = identities_of(leaf)?;
+    ids.iter()
+        .find(|id| id.trust_domain() == trust_domain)
+        .cloned()
+        .ok_or_else(|| TlsError::ForeignTrustDomain {
+            peer: ids,
+            local: trust_domain.to_owned(),
+        })
 }
 
-/// The SPIFFE ID in a certificate's single URI SAN. The certificate is not verified.
+/// The SPIFFE ID of a certificate: its first URI SAN that is a workload SPIFFE ID. The
+/// certificate is not verified.
+///
+/// Other URI SANs, SPIFFE or not, are skipped, so certificates that also carry e.g. a legacy
+/// or multi-trust-domain alias load. A peer may have been accepted by the configs of this
+/// module on a later SPIFFE ID than this first one (it was the expected identity, or the one in
+/// the local trust domain); this still returns the first.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
+    identities_of(cert)?.into_iter().next().ok_or(TlsError::NoUriSan)
+}
+
+/// Every URI SAN of `cert` that is a workload SPIFFE ID, in certificate order; never empty.
+pub(crate) fn identities_of(cert: &CertificateDer<'_>) -> Result<Vec<SpiffeId>, TlsError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|err| TlsError::BadCertificate {
         reason: err.to_string(),
     })?;
-    identity_of_parsed(&parsed)
-}
-
-fn identity_of_parsed(cert: &X509Certificate<'_>) -> Result<SpiffeId, TlsError> {
-    let san = cert
+    let san = parsed
         .subject_alternative_name()
         .map_err(|err| TlsError::BadCertificate {
             reason: format!("subjectAltName: {err}"),
         })?;
-    let mut uris = san
+    let uris: Vec<&str> = san
         .iter()
         .flat_map(|ext| ext.value.general_names.iter())
         .filter_map(|name| match name {
             GeneralName::URI(uri) => Some(*uri),
             _ => None,
-        });
-    let (Some(uri), None) = (uris.next(), uris.next()) else {
-        let all: Vec<String> = san
-            .iter()
-            .flat_map(|ext| ext.value.general_names.iter())
-            .filter_map(|name| match name {
-                GeneralName::URI(uri) => Some((*uri).to_owned()),
-                _ => None,
-            })
-            .collect();
-        return Err(if all.is_empty() {
-            TlsError::NoUriSan
-        } else {
-            TlsError::MultipleUriSans { uris: all }
-        });
-    };
-    uri.parse().map_err(|source| TlsError::NotSpiffe {
-        uri: uri.to_owned(),
-        source,
-    })
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(uris.len());
+    let mut first_error = None;
+    for uri in &uris {
+        match uri.parse::<SpiffeId>() {
+            Ok(id) => ids.push(id),
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    match first_error {
+        _ if !ids.is_empty() => Ok(ids),
+        None => Err(TlsError::NoUriSan),
+        Some(source) => Err(TlsError::NotSpiffe {
+            uris: uris.into_iter().map(str::to_owned).collect(),
+            source,
+        }),
+    }
 }
 
 /// A fixed name to pass to `TlsConnector::connect`; verification does not look at it.

@@ -9,9 +9,12 @@ use ambit_identity::{
     CertificateAuthority, SpiffeId, TlsError, TrustBundle, WorkloadCertificate, client_config, peer_identity,
     server_config, server_name,
 };
+use rcgen::{CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 use rustls::client::ResolvesClientCert;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -42,6 +45,29 @@ impl Mesh {
             .issue_with_validity(id, now - 2 * HOUR, now - HOUR)
             .expect("issue")
     }
+}
+
+/// A leaf of `ca` carrying `uris` as its URI SANs, in that order, as PEM (chain, key): our own
+/// CA only ever issues one.
+fn leaf_with_uris(ca: &CertificateAuthority, uris: &[&str]) -> (String, String) {
+    let ca_key = KeyPair::from_pem(&ca.key_pem()).expect("ca key");
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem(), ca_key).expect("issuer");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = uris
+        .iter()
+        .map(|uri| SanType::URI((*uri).try_into().expect("ia5")))
+        .collect();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn workload_with_uris(ca: &CertificateAuthority, uris: &[&str]) -> WorkloadCertificate {
+    let (chain, key) = leaf_with_uris(ca, uris);
+    WorkloadCertificate::from_pem(&chain, &key).expect("workload certificate")
 }
 
 struct Outcome {
@@ -89,8 +115,14 @@ async fn matching_identities_connect_and_see_each_other() {
     let mut client = outcome.client.expect("client handshake");
     let mut server = outcome.server.expect("server handshake");
 
-    assert_eq!(peer_identity(client.get_ref().1).expect("server id"), bob);
-    assert_eq!(peer_identity(server.get_ref().1).expect("client id"), alice);
+    assert_eq!(
+        peer_identity(client.get_ref().1, "cluster.local").expect("server id"),
+        bob
+    );
+    assert_eq!(
+        peer_identity(server.get_ref().1, "cluster.local").expect("client id"),
+        alice
+    );
 
     let sides: [&rustls::CommonState; 2] = [client.get_ref().1, server.get_ref().1];
     for common in sides {
@@ -124,8 +156,8 @@ async fn any_expected_identity_is_accepted_and_intermediates_are_sent() {
     let outcome = handshake(client_cfg, server_cfg).await;
     let client = outcome.client.expect("client handshake");
     let server = outcome.server.expect("server handshake");
-    assert_eq!(peer_identity(client.get_ref().1).expect("server id"), bob);
-    assert_eq!(peer_identity(server.get_ref().1).expect("client id"), alice);
+    assert_eq!(peer_identity(client.get_ref().1, "td").expect("server id"), bob);
+    assert_eq!(peer_identity(server.get_ref().1, "td").expect("client id"), alice);
 }
 
 #[tokio::test]
@@ -142,7 +174,7 @@ async fn client_refuses_an_unexpected_server_identity() {
     let err = outcome.client.expect_err("refused");
     match TlsError::find_in(&err) {
         Some(TlsError::UnexpectedPeer { found, expected }) => {
-            assert_eq!(found, &mallory);
+            assert_eq!(found, &[mallory]);
             assert_eq!(expected, &[bob]);
         }
         other => panic!("expected UnexpectedPeer in {err}, found {other:?}"),
@@ -162,7 +194,7 @@ async fn server_refuses_a_client_from_another_trust_domain_under_the_same_root()
     assert!(
         matches!(
             TlsError::find_in(err),
-            Some(TlsError::ForeignTrustDomain { peer, local }) if *peer == intruder && local == "td-a"
+            Some(TlsError::ForeignTrustDomain { peer, local }) if *peer == [intruder.clone()] && local == "td-a"
         ),
         "{err}"
     );
@@ -210,6 +242,119 @@ async fn expired_certificates_are_refused_both_ways() {
     let client_cfg = client_config(&mesh.issue(&alice), &mesh.trust, std::slice::from_ref(&bob)).expect("cfg");
     let server_cfg = server_config(&mesh.expired(&bob), &mesh.trust).expect("cfg");
     assert_client_refused(&handshake(client_cfg, server_cfg).await, &["expired"]);
+}
+
+#[tokio::test]
+async fn several_uri_sans_are_accepted_on_any_spiffe_id_that_passes() {
+    let mesh = Mesh::new("td");
+    let bob = id("td", "ns", "bob");
+    let alias = id("td", "ns", "bob-alias");
+    // The server is expected as `bob`, its second SPIFFE ID, after a non-SPIFFE URI.
+    let server_cert = workload_with_uris(
+        &mesh.ca,
+        &["https://legacy.example/bob", &alias.to_string(), &bob.to_string()],
+    );
+    assert_eq!(
+        server_cert.identity(),
+        &alias,
+        "the first SPIFFE URI SAN is the identity"
+    );
+    // The client is in our trust domain only through its second URI SAN.
+    let foreign = id("elsewhere", "ns", "alice");
+    let alice = id("td", "ns", "alice");
+    let client_cert = workload_with_uris(&mesh.ca, &[&foreign.to_string(), &alice.to_string()]);
+
+    let client_cfg = client_config(&client_cert, &mesh.trust, std::slice::from_ref(&bob)).expect("cfg");
+    let server_cfg = server_config(&server_cert, &mesh.trust).expect("cfg");
+    let outcome = handshake(client_cfg, server_cfg).await;
+    let client = outcome.client.expect("client handshake");
+    let server = outcome.server.expect("server handshake");
+    // The reported identity is the first one in the trust domain asked for: the server acts on
+    // the client's `td` identity that passed, never on the foreign alias listed first.
+    assert_eq!(peer_identity(client.get_ref().1, "td").expect("server id"), alias);
+    assert_eq!(peer_identity(server.get_ref().1, "td").expect("client id"), alice);
+    assert!(matches!(
+        peer_identity(server.get_ref().1, "nowhere"),
+        Err(TlsError::ForeignTrustDomain { .. })
+    ));
+}
+
+#[tokio::test]
+async fn several_uri_sans_none_of_which_passes_are_refused_naming_them_all() {
+    let mesh = Mesh::new("td");
+    let alice = id("td", "ns", "alice");
+    let bob = id("td", "ns", "bob");
+    let mallory = id("td", "ns", "mallory");
+    let eve = id("td", "ns", "eve");
+    let client_cfg = client_config(&mesh.issue(&alice), &mesh.trust, std::slice::from_ref(&bob)).expect("cfg");
+    let server_cert = workload_with_uris(&mesh.ca, &[&mallory.to_string(), &eve.to_string()]);
+    let server_cfg = server_config(&server_cert, &mesh.trust).expect("cfg");
+    let outcome = handshake(client_cfg, server_cfg).await;
+    assert_client_refused(&outcome, &["spiffe://td/ns/ns/sa/mallory", "spiffe://td/ns/ns/sa/eve"]);
+    let err = outcome.client.expect_err("refused");
+    assert!(
+        matches!(TlsError::find_in(&err), Some(TlsError::UnexpectedPeer { found, .. }) if *found == [mallory, eve]),
+        "{err}"
+    );
+
+    let server_cfg = server_config(&mesh.issue(&bob), &mesh.trust).expect("cfg");
+    let others = [id("td-b", "ns", "alice"), id("td-c", "ns", "alice")];
+    let client_cert = workload_with_uris(&mesh.ca, &[&others[0].to_string(), &others[1].to_string()]);
+    let client_cfg = client_config(&client_cert, &mesh.trust, std::slice::from_ref(&bob)).expect("cfg");
+    let outcome = handshake(client_cfg, server_cfg).await;
+    let err = outcome.server.as_ref().expect_err("refused");
+    assert!(
+        matches!(TlsError::find_in(err), Some(TlsError::ForeignTrustDomain { peer, .. }) if *peer == others),
+        "{err}"
+    );
+    assert_server_refused(outcome, "spiffe://td-c/ns/ns/sa/alice").await;
+}
+
+/// Presents a fixed client certificate, whatever the server asks for.
+#[derive(Debug)]
+struct FixedClientCertificate(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedClientCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn server_refuses_a_client_certificate_without_spiffe_id() {
+    let mesh = Mesh::new("td");
+    let alice = id("td", "ns", "alice");
+    let bob = id("td", "ns", "bob");
+    let server_cfg = server_config(&mesh.issue(&bob), &mesh.trust).expect("cfg");
+    let ours = client_config(&mesh.issue(&alice), &mesh.trust, std::slice::from_ref(&bob)).expect("cfg");
+
+    // Chains to our root, but none of its URI SANs is a workload SPIFFE ID, so it cannot be
+    // loaded as a `WorkloadCertificate`: hand it to rustls directly.
+    let (chain_pem, key_pem) = leaf_with_uris(&mesh.ca, &["https://example.com/alice", "spiffe://td/alice"]);
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key).expect("signing key");
+    let mut impostor = (*ours).clone();
+    impostor.client_auth_cert_resolver =
+        Arc::new(FixedClientCertificate(Arc::new(CertifiedKey::new(chain, signing_key))));
+
+    let outcome = handshake(Arc::new(impostor), server_cfg).await;
+    let err = outcome.server.as_ref().expect_err("refused");
+    assert!(
+        matches!(TlsError::find_in(err), Some(TlsError::NotSpiffe { uris, .. }) if uris.len() == 2),
+        "{err}"
+    );
+    assert_server_refused(outcome, "https://example.com/alice, spiffe://td/alice").await;
 }
 
 /// Offers no client certificate, whatever the server asks for.
@@ -260,5 +405,5 @@ fn peer_identity_before_the_handshake_is_an_error() {
     let alice = id("td", "ns", "alice");
     let cfg = client_config(&mesh.issue(&alice), &mesh.trust, std::slice::from_ref(&alice)).expect("cfg");
     let conn = rustls::ClientConnection::new(cfg, server_name()).expect("connection");
-    assert!(matches!(peer_identity(&conn), Err(TlsError::NoPeerCertificate)));
+    assert!(matches!(peer_identity(&conn, "td"), Err(TlsError::NoPeerCertificate)));
 }

@@ -18,12 +18,20 @@ pub struct Peer {
 
 impl Peer {
     pub fn of(w: &Workload) -> Self {
-        Peer { workload: w.workload_name.clone(), namespace: w.namespace.clone(), principal: w.principal() }
+        Peer {
+            workload: w.workload_name.clone(),
+            namespace: w.namespace.clone(),
+            principal: w.principal(),
+        }
     }
 
     /// A peer we only know by its verified identity (inbound HBONE from another node).
     pub fn principal_only(principal: String, namespace: String) -> Self {
-        Peer { workload: String::new(), namespace, principal }
+        Peer {
+            workload: String::new(),
+            namespace,
+            principal,
+        }
     }
 }
 
@@ -55,16 +63,31 @@ impl Record {
             reporter,
             source_workload: or_unknown(&src.workload),
             source_workload_namespace: or_unknown(&src.namespace),
-            source_principal: if src.principal.is_empty() { "unknown".into() } else { format!("spiffe://{}", src.principal) },
+            source_principal: if src.principal.is_empty() {
+                "unknown".into()
+            } else {
+                format!("spiffe://{}", src.principal)
+            },
             destination_workload: or_unknown(&dst.workload),
             destination_workload_namespace: or_unknown(&dst.namespace),
-            destination_principal: if dst.principal.is_empty() { "unknown".into() } else { format!("spiffe://{}", dst.principal) },
+            destination_principal: if dst.principal.is_empty() {
+                "unknown".into()
+            } else {
+                format!("spiffe://{}", dst.principal)
+            },
             destination_service: service.map(|s| s.hostname.clone()).unwrap_or_else(|| "unknown".into()),
             connection_security_policy: if mtls { "mutual_tls" } else { "none" }.into(),
         };
         metrics.connections_opened.get_or_create(&labels).inc();
         metrics.active_connections.inc();
-        Record { metrics: metrics.clone(), labels, direction, source, destination, start: Instant::now() }
+        Record {
+            metrics: metrics.clone(),
+            labels,
+            direction,
+            source,
+            destination,
+            start: Instant::now(),
+        }
     }
 
     /// Counts the connection as closed and writes its access-log line. `sent` is bytes from the

@@ -38,9 +38,10 @@ async fn handle_connection(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, stream: TcpS
         inputs.metrics.refuse(LISTENER, "unknown_destination");
         return;
     };
-    let config = match identity_of(&me).map_err(|e| e.to_string()).and_then(|id| {
-        inputs.certs.server_config(&id).map_err(|e| e.to_string())
-    }) {
+    let config = match identity_of(&me)
+        .map_err(|e| e.to_string())
+        .and_then(|id| inputs.certs.server_config(&id).map_err(|e| e.to_string()))
+    {
         Ok(c) => c,
         Err(e) => {
             inputs.metrics.refuse(LISTENER, "certificate");
@@ -62,7 +63,7 @@ async fn handle_connection(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, stream: TcpS
             return;
         }
     };
-    let peer_id = match ambit_identity::tls::peer_identity(tls.get_ref().1) {
+    let peer_id = match ambit_identity::tls::peer_identity(tls.get_ref().1, &me.trust_domain) {
         Ok(id) => Arc::new(id),
         Err(e) => {
             inputs.metrics.refuse(LISTENER, "peer_identity");
@@ -121,7 +122,9 @@ async fn handle_stream(
         }
     };
     let principal = peer_id.principal();
-    let source_workload = state.workload_by_ip(peer.ip()).filter(|w| identity_of(w).ok().as_ref() == Some(peer_id));
+    let source_workload = state
+        .workload_by_ip(peer.ip())
+        .filter(|w| identity_of(w).ok().as_ref() == Some(peer_id));
     let source = match source_workload {
         Some(w) => Peer::of(w),
         None => Peer::principal_only(principal.clone(), peer_id.namespace().into()),
@@ -151,7 +154,9 @@ async fn handle_stream(
     if !decision.allowed {
         inputs.metrics.refuse(LISTENER, "policy_denied");
         incoming.refuse(Refusal::Unauthorized);
-        let policy = decision.policy.unwrap_or_else(|| "default deny (an ALLOW policy applies)".into());
+        let policy = decision
+            .policy
+            .unwrap_or_else(|| "default deny (an ALLOW policy applies)".into());
         record.close(0, 0, Some(&format!("denied by {policy}")));
         return;
     }

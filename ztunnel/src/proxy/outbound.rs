@@ -2,10 +2,7 @@
 //! or a service VIP (balanced across the service's endpoints); meshed destinations are reached
 //! over HBONE on their 15008, anything outside the mesh is passed through unchanged.
 
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use ambit_hbone::ConnectRequest;
 use ambit_model::{Protocol, Service, State, Workload};
@@ -35,9 +32,17 @@ pub async fn serve(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, listener: TcpListene
 /// Where a connection goes once the original destination is resolved.
 enum Route {
     /// A meshed workload: HBONE to its 15008.
-    Hbone { workload: Arc<Workload>, target: SocketAddr, service: Option<Arc<Service>> },
+    Hbone {
+        workload: Arc<Workload>,
+        target: SocketAddr,
+        service: Option<Arc<Service>>,
+    },
     /// Outside the mesh (or a workload that is not meshed): plain TCP.
-    Passthrough { target: SocketAddr, workload: Option<Arc<Workload>>, service: Option<Arc<Service>> },
+    Passthrough {
+        target: SocketAddr,
+        workload: Option<Arc<Workload>>,
+        service: Option<Arc<Service>>,
+    },
     /// A service VIP with no endpoint to send to.
     NoEndpoints { service: Arc<Service> },
 }
@@ -58,8 +63,16 @@ fn resolve(state: &State, original: SocketAddr) -> Route {
         (state.workload_by_ip(original.ip()).cloned(), original, None)
     };
     match workload {
-        Some(w) if matches!(w.protocol, Protocol::Hbone) => Route::Hbone { workload: w, target, service },
-        workload => Route::Passthrough { target, workload, service },
+        Some(w) if matches!(w.protocol, Protocol::Hbone) => Route::Hbone {
+            workload: w,
+            target,
+            service,
+        },
+        workload => Route::Passthrough {
+            target,
+            workload,
+            service,
+        },
     }
 }
 
@@ -98,7 +111,11 @@ async fn handle(inputs: &Arc<ProxyInputs>, pod: &Arc<Pod>, mut client: TcpStream
             inputs.metrics.refuse(LISTENER, "no_endpoints");
             tracing::warn!(service = %service.hostname, %original, "service has no endpoints; closing");
         }
-        Route::Passthrough { target, workload, service } => {
+        Route::Passthrough {
+            target,
+            workload,
+            service,
+        } => {
             let record = Record::open(
                 &inputs.metrics,
                 Reporter::source,
@@ -116,7 +133,11 @@ async fn handle(inputs: &Arc<ProxyInputs>, pod: &Arc<Pod>, mut client: TcpStream
                 Err(e) => record.close(0, 0, Some(&format!("connect {target}: {e}"))),
             }
         }
-        Route::Hbone { workload, target, service } => {
+        Route::Hbone {
+            workload,
+            target,
+            service,
+        } => {
             let record = Record::open(
                 &inputs.metrics,
                 Reporter::source,
@@ -172,13 +193,17 @@ async fn tunnel(
     inputs
         .pool
         .connect(key, &request, move || async move {
-            let tcp = pod.netns.connect(hbone_addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("connect {hbone_addr}: {e}"))
-            })?;
+            let tcp = pod
+                .netns
+                .connect(hbone_addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("connect {hbone_addr}: {e}")))?;
             let tls = tokio_rustls::TlsConnector::from(tls)
                 .connect(ambit_identity::tls::server_name(), tcp)
                 .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("TLS to {hbone_addr} expecting {destination_id}: {e}")))?;
+                .map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("TLS to {hbone_addr} expecting {destination_id}: {e}"))
+                })?;
             Ok::<_, ambit_hbone::Error>(tls)
         })
         .await

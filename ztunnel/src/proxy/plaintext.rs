@@ -67,7 +67,9 @@ async fn handle(inputs: &Arc<ProxyInputs>, pod: &Arc<Pod>, mut client: TcpStream
     );
     if !decision.allowed {
         inputs.metrics.refuse(LISTENER, "policy_denied");
-        let policy = decision.policy.unwrap_or_else(|| "default deny (an ALLOW policy applies)".into());
+        let policy = decision
+            .policy
+            .unwrap_or_else(|| "default deny (an ALLOW policy applies)".into());
         record.close(0, 0, Some(&format!("denied by {policy}")));
         return;
     }

@@ -45,16 +45,36 @@ impl Mesh {
         let dir = net.log_dir().to_owned();
         let ca = TestCa::generate(&dir)?;
         let mut config = MeshConfig::new();
-        config.workloads.push(WorkloadConfig::for_pod(&client, "default", "sleep", "sleep"));
-        config.workloads.push(WorkloadConfig::for_pod(&server, "default", "echo", "echo"));
-        config.services.push(ServiceConfig::for_app("echo", "default", VIP, 80, ECHO_PORT, "echo"));
-        let files = ZtunnelFiles { binary: PathBuf::from(env!("CARGO_BIN_EXE_ztunnel")), config: dir.join("ztunnel.yaml"), ca };
+        config
+            .workloads
+            .push(WorkloadConfig::for_pod(&client, "default", "sleep", "sleep"));
+        config
+            .workloads
+            .push(WorkloadConfig::for_pod(&server, "default", "echo", "echo"));
+        config
+            .services
+            .push(ServiceConfig::for_app("echo", "default", VIP, 80, ECHO_PORT, "echo"));
+        let files = ZtunnelFiles {
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_ztunnel")),
+            config: dir.join("ztunnel.yaml"),
+            ca,
+        };
         config.write(&files.config)?;
         let z1 = net.spawn_ztunnel(&node1, &files, &["--config-poll", "100ms", "--drain-timeout", "1s"])?;
         let z2 = net.spawn_ztunnel(&node2, &files, &["--config-poll", "100ms", "--drain-timeout", "1s"])?;
         z1.wait_ready(Duration::from_secs(10))?;
         z2.wait_ready(Duration::from_secs(10))?;
-        Ok(Mesh { net, node1, client, server, outsider, config, files, z1, z2 })
+        Ok(Mesh {
+            net,
+            node1,
+            client,
+            server,
+            outsider,
+            config,
+            files,
+            z1,
+            z2,
+        })
     }
 
     pub fn server_addr(&self) -> SocketAddr {
@@ -74,7 +94,11 @@ impl Mesh {
 }
 
 fn reloads(z: &Ztunnel, result: &str) -> anyhow::Result<f64> {
-    Ok(metric(&z.metrics()?, "ambit_config_reloads_total", &[("result", result)]))
+    Ok(metric(
+        &z.metrics()?,
+        "ambit_config_reloads_total",
+        &[("result", result)],
+    ))
 }
 
 /// An echo server: every connection gets back what it sends, until it half-closes.
@@ -114,14 +138,19 @@ pub fn echo_roundtrip(mut stream: TcpStream, payload: &[u8]) -> anyhow::Result<V
     });
     stream.write_all(payload)?;
     stream.shutdown(std::net::Shutdown::Write)?;
-    handle.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?.context("read echo")
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))?
+        .context("read echo")
 }
 
 /// Whether a connection through the mesh is refused or cut before any byte comes back.
 pub fn echo_fails(pod: &Pod, addr: SocketAddr) -> bool {
     match pod.tcp_connect(addr) {
         Err(_) => true,
-        Ok(stream) => echo_roundtrip(stream, b"ping").map(|got| got.is_empty()).unwrap_or(true),
+        Ok(stream) => echo_roundtrip(stream, b"ping")
+            .map(|got| got.is_empty())
+            .unwrap_or(true),
     }
 }
 

@@ -28,38 +28,67 @@ fn data_flows_both_ways_over_mtls_and_the_wire_shows_only_tls() -> anyhow::Resul
     let capture = mesh.node1.capture("eth0")?;
 
     let echoed = echo_roundtrip(mesh.client.tcp_connect(mesh.server_addr())?, &data)?;
-    assert!(echoed == data, "pod IP: echoed {} bytes, sent {}", echoed.len(), data.len());
+    assert!(
+        echoed == data,
+        "pod IP: echoed {} bytes, sent {}",
+        echoed.len(),
+        data.len()
+    );
     let small = payload(64 << 10, marker);
     let echoed = echo_roundtrip(mesh.client.tcp_connect(SocketAddr::from((VIP, 80)))?, &small)?;
-    assert!(echoed == small, "service VIP: echoed {} bytes, sent {}", echoed.len(), small.len());
+    assert!(
+        echoed == small,
+        "service VIP: echoed {} bytes, sent {}",
+        echoed.len(),
+        small.len()
+    );
 
     let pcap = capture.stop()?;
-    assert!(!pcap_contains(&pcap, marker), "application bytes visible on the wire between nodes");
-    assert!(pcap_tls_records(&pcap) > 100, "expected TLS records on the wire, saw {}", pcap_tls_records(&pcap));
+    assert!(
+        !pcap_contains(&pcap, marker),
+        "application bytes visible on the wire between nodes"
+    );
+    assert!(
+        pcap_tls_records(&pcap) > 100,
+        "expected TLS records on the wire, saw {}",
+        pcap_tls_records(&pcap)
+    );
 
     let m2 = mesh.z2.metrics()?;
-    let dest = [("reporter", "destination"), ("source_principal", "spiffe://cluster.local/ns/default/sa/sleep")];
+    let dest = [
+        ("reporter", "destination"),
+        ("source_principal", "spiffe://cluster.local/ns/default/sa/sleep"),
+    ];
     wait_until(Duration::from_secs(5), || {
         Ok(metric(&mesh.z2.metrics()?, "istio_tcp_connections_closed_total", &dest) >= 2.0)
     })?;
     let m2_after = mesh.z2.metrics()?;
     assert!(metric(&m2, "istio_tcp_connections_opened_total", &dest) >= 2.0, "{m2}");
     let sent = metric(&m2_after, "istio_tcp_sent_bytes_total", &dest);
-    assert!(sent >= (data.len() + small.len()) as f64, "destination counted {sent} bytes sent");
+    assert!(
+        sent >= (data.len() + small.len()) as f64,
+        "destination counted {sent} bytes sent"
+    );
     let m1 = mesh.z1.metrics()?;
     let source = [
         ("reporter", "source"),
         ("destination_principal", "spiffe://cluster.local/ns/default/sa/echo"),
         ("connection_security_policy", "mutual_tls"),
     ];
-    assert!(metric(&m1, "istio_tcp_connections_opened_total", &source) >= 2.0, "{m1}");
+    assert!(
+        metric(&m1, "istio_tcp_connections_opened_total", &source) >= 2.0,
+        "{m1}"
+    );
     assert!(
         metric(&m1, "istio_tcp_received_bytes_total", &source) >= (data.len() + small.len()) as f64,
         "{m1}"
     );
     assert!(
-        metric(&m1, "istio_tcp_connections_opened_total", &[("destination_service", "echo.default.svc.cluster.local")])
-            >= 1.0,
+        metric(
+            &m1,
+            "istio_tcp_connections_opened_total",
+            &[("destination_service", "echo.default.svc.cluster.local")]
+        ) >= 1.0,
         "{m1}"
     );
     let log = mesh.z2.process.log_tail(200);
@@ -84,8 +113,11 @@ fn strict_peer_authentication_refuses_plaintext() -> anyhow::Result<()> {
     assert!(echo_fails(&mesh.outsider, addr), "STRICT must refuse plaintext");
     let m = mesh.z2.metrics()?;
     assert!(
-        metric(&m, "ambit_connections_refused_total", &[("listener", "inbound_plaintext"), ("reason", "strict_mtls")])
-            >= 1.0,
+        metric(
+            &m,
+            "ambit_connections_refused_total",
+            &[("listener", "inbound_plaintext"), ("reason", "strict_mtls")]
+        ) >= 1.0,
         "{m}"
     );
     // Meshed traffic is still fine under STRICT.
@@ -104,12 +136,18 @@ fn deny_policy_blocks_and_lifting_it_applies_live() -> anyhow::Result<()> {
     assert!(echo_fails(&mesh.client, addr), "DENY policy must block the client");
     let m2 = mesh.z2.metrics()?;
     assert!(
-        metric(&m2, "ambit_connections_refused_total", &[("listener", "inbound_hbone"), ("reason", "policy_denied")])
-            >= 1.0,
+        metric(
+            &m2,
+            "ambit_connections_refused_total",
+            &[("listener", "inbound_hbone"), ("reason", "policy_denied")]
+        ) >= 1.0,
         "{m2}"
     );
     let m1 = mesh.z1.metrics()?;
-    assert!(metric(&m1, "ambit_connections_refused_total", &[("reason", "hbone_denied")]) >= 1.0, "{m1}");
+    assert!(
+        metric(&m1, "ambit_connections_refused_total", &[("reason", "hbone_denied")]) >= 1.0,
+        "{m1}"
+    );
 
     mesh.apply(|c| c.authorization_policies.clear())?;
     assert_eq!(echo_roundtrip(mesh.client.tcp_connect(addr)?, b"after")?, b"after");
@@ -119,13 +157,23 @@ fn deny_policy_blocks_and_lifting_it_applies_live() -> anyhow::Result<()> {
 #[test]
 fn a_bad_config_edit_is_reported_and_the_last_good_config_kept() -> anyhow::Result<()> {
     let mesh = Mesh::start("badcfg")?;
-    std::fs::write(&mesh.files.config, "workloads:\n  - name: x\n    addresses: [not-an-ip]\n")?;
+    std::fs::write(
+        &mesh.files.config,
+        "workloads:\n  - name: x\n    addresses: [not-an-ip]\n",
+    )?;
     wait_until(Duration::from_secs(5), || {
-        Ok(metric(&mesh.z1.metrics()?, "ambit_config_reloads_total", &[("result", "error")]) >= 1.0)
+        Ok(metric(
+            &mesh.z1.metrics()?,
+            "ambit_config_reloads_total",
+            &[("result", "error")],
+        ) >= 1.0)
     })?;
     let log = mesh.z1.process.log_tail(50);
     assert!(log.contains("not-an-ip"), "the error should name the bad value:\n{log}");
-    assert_eq!(echo_roundtrip(mesh.client.tcp_connect(mesh.server_addr())?, b"still")?, b"still");
+    assert_eq!(
+        echo_roundtrip(mesh.client.tcp_connect(mesh.server_addr())?, b"still")?,
+        b"still"
+    );
     Ok(())
 }
 
@@ -157,7 +205,10 @@ fn a_hundred_concurrent_connections_share_one_hbone_connection() -> anyhow::Resu
         .collect::<anyhow::Result<_>>()?;
     assert_eq!(open.len(), 100);
     // All 100 are open at once; the server pod sees exactly one TCP connection on 15008.
-    let ss = mesh.server.netns.exec(&["ss", "-Htn", "state", "established", "( sport = :15008 )"])?;
+    let ss = mesh
+        .server
+        .netns
+        .exec(&["ss", "-Htn", "state", "established", "( sport = :15008 )"])?;
     assert_eq!(ss.lines().count(), 1, "HBONE connections into the server pod:\n{ss}");
     let m = mesh.z1.metrics()?;
     assert_eq!(metric(&m, "ambit_hbone_client_connections", &[]), 1.0, "{m}");
@@ -183,7 +234,10 @@ fn ztunnel_restart_fails_closed_then_recovers() -> anyhow::Result<()> {
     assert!(closed, "an open connection must be closed once its ztunnel is gone");
 
     // While ztunnel is down the capture rules still apply: no plaintext bypass.
-    assert!(echo_fails(&mesh.client, addr), "traffic must stop, not bypass, while ztunnel is down");
+    assert!(
+        echo_fails(&mesh.client, addr),
+        "traffic must stop, not bypass, while ztunnel is down"
+    );
 
     let files = mesh.files.clone();
     let node1 = mesh.node1.clone();
@@ -200,7 +254,9 @@ fn certificates_rotate_at_half_life_without_dropping_open_connections() -> anyho
     // Restart node1's ztunnel with 4-second certificates.
     mesh.z1.process.stop(Duration::from_secs(10))?;
     let (files, node1) = (mesh.files.clone(), mesh.node1.clone());
-    mesh.z1 = mesh.net.spawn_ztunnel(&node1, &files, &["--cert-ttl", "4s", "--config-poll", "100ms"])?;
+    mesh.z1 = mesh
+        .net
+        .spawn_ztunnel(&node1, &files, &["--cert-ttl", "4s", "--config-poll", "100ms"])?;
     mesh.z1.wait_ready(Duration::from_secs(10))?;
     let addr = mesh.server_addr();
     let mut open = mesh.client.tcp_connect(addr)?;
@@ -240,7 +296,9 @@ async fn tls_to_hbone(
     let tcp = tokio::net::TcpStream::from_std(tcp)?;
     let expected = [SpiffeId::new("cluster.local", "default", "echo")?];
     let config = tls::client_config(cert, trust, &expected)?;
-    let mut stream = tokio_rustls::TlsConnector::from(config).connect(tls::server_name(), tcp).await?;
+    let mut stream = tokio_rustls::TlsConnector::from(config)
+        .connect(tls::server_name(), tcp)
+        .await?;
     // TLS 1.3: the server's verdict on our certificate arrives with its first flight of data.
     use tokio::io::AsyncWriteExt;
     stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
@@ -265,15 +323,32 @@ async fn peers_from_another_trust_domain_or_root_or_with_expired_certs_are_refus
     let ca = ca(&mesh);
     let trust = ca.trust_bundle()?;
 
-    let good = ca.issue(&SpiffeId::new("cluster.local", "default", "rogue")?, Duration::from_secs(600))?;
-    tls_to_hbone(&mesh, &good, &trust).await.expect("a same-domain peer completes the handshake");
+    let good = ca.issue(
+        &SpiffeId::new("cluster.local", "default", "rogue")?,
+        Duration::from_secs(600),
+    )?;
+    tls_to_hbone(&mesh, &good, &trust)
+        .await
+        .expect("a same-domain peer completes the handshake");
 
-    let foreign = ca.issue(&SpiffeId::new("evil.local", "default", "sleep")?, Duration::from_secs(600))?;
-    assert!(tls_to_hbone(&mesh, &foreign, &trust).await.is_err(), "another trust domain must be refused");
+    let foreign = ca.issue(
+        &SpiffeId::new("evil.local", "default", "sleep")?,
+        Duration::from_secs(600),
+    )?;
+    assert!(
+        tls_to_hbone(&mesh, &foreign, &trust).await.is_err(),
+        "another trust domain must be refused"
+    );
 
     let other_root = CertificateAuthority::generate("cluster.local")?;
-    let stranger = other_root.issue(&SpiffeId::new("cluster.local", "default", "sleep")?, Duration::from_secs(600))?;
-    assert!(tls_to_hbone(&mesh, &stranger, &trust).await.is_err(), "another root must be refused");
+    let stranger = other_root.issue(
+        &SpiffeId::new("cluster.local", "default", "sleep")?,
+        Duration::from_secs(600),
+    )?;
+    assert!(
+        tls_to_hbone(&mesh, &stranger, &trust).await.is_err(),
+        "another root must be refused"
+    );
 
     let now = std::time::SystemTime::now();
     let expired = ca.issue_with_validity(
@@ -281,7 +356,10 @@ async fn peers_from_another_trust_domain_or_root_or_with_expired_certs_are_refus
         now - Duration::from_secs(7200),
         now - Duration::from_secs(3600),
     )?;
-    assert!(tls_to_hbone(&mesh, &expired, &trust).await.is_err(), "an expired certificate must be refused");
+    assert!(
+        tls_to_hbone(&mesh, &expired, &trust).await.is_err(),
+        "an expired certificate must be refused"
+    );
 
     // No client certificate at all.
     let tcp = mesh.outsider.tcp_connect(SocketAddr::from((mesh.server.ip, 15008)))?;
@@ -297,13 +375,18 @@ async fn peers_from_another_trust_domain_or_root_or_with_expired_certs_are_refus
     anon.dangerous().set_certificate_verifier(Arc::new(AcceptAnyServer));
     let anonymous = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio_rustls::TlsConnector::from(Arc::new(anon)).connect(tls::server_name(), tcp).await?;
+        let mut s = tokio_rustls::TlsConnector::from(Arc::new(anon))
+            .connect(tls::server_name(), tcp)
+            .await?;
         s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
         let mut buf = [0u8; 9];
         s.read_exact(&mut buf).await?;
         anyhow::Ok(())
     };
-    assert!(anonymous.await.is_err(), "a client without a certificate must be refused");
+    assert!(
+        anonymous.await.is_err(),
+        "a client without a certificate must be refused"
+    );
 
     wait_until(Duration::from_secs(5), || Ok(refused(&mesh, "tls_handshake") >= 4.0))?;
     Ok(())
@@ -341,19 +424,30 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// An h2 client over an authenticated HBONE connection, for hand-made requests.
 async fn tls_stream(mesh: &Mesh) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let ca = ca(mesh);
-    let cert = ca.issue(&SpiffeId::new("cluster.local", "default", "rogue")?, Duration::from_secs(600))?;
+    let cert = ca.issue(
+        &SpiffeId::new("cluster.local", "default", "rogue")?,
+        Duration::from_secs(600),
+    )?;
     let tcp = mesh.outsider.tcp_connect(SocketAddr::from((mesh.server.ip, 15008)))?;
     tcp.set_nonblocking(true)?;
     let tcp = tokio::net::TcpStream::from_std(tcp)?;
-    let config = tls::client_config(&cert, &ca.trust_bundle()?, &[SpiffeId::new("cluster.local", "default", "echo")?])?;
-    Ok(tokio_rustls::TlsConnector::from(config).connect(tls::server_name(), tcp).await?)
+    let config = tls::client_config(
+        &cert,
+        &ca.trust_bundle()?,
+        &[SpiffeId::new("cluster.local", "default", "echo")?],
+    )?;
+    Ok(tokio_rustls::TlsConnector::from(config)
+        .connect(tls::server_name(), tcp)
+        .await?)
 }
 
 async fn raw_h2(mesh: &Mesh) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
@@ -379,13 +473,29 @@ async fn malformed_connects_and_rapid_reset_floods_are_refused_and_counted() -> 
     let get = http::Request::get(format!("http://{target}/")).body(())?;
     assert_eq!(status_of(&mut send, get).await?, 400, "GET must get 400");
     let elsewhere = http::Request::connect("10.244.2.200:8080").body(())?;
-    assert_eq!(status_of(&mut send, elsewhere).await?, 400, "a CONNECT to another pod must get 400");
+    assert_eq!(
+        status_of(&mut send, elsewhere).await?,
+        400,
+        "a CONNECT to another pod must get 400"
+    );
     let loopback = http::Request::connect(format!("{}:15006", mesh.server.ip)).body(())?;
-    assert_eq!(status_of(&mut send, loopback).await?, 503, "a CONNECT into ztunnel's own ports must get 503");
+    assert_eq!(
+        status_of(&mut send, loopback).await?,
+        503,
+        "a CONNECT into ztunnel's own ports must get 503"
+    );
     let no_listener = http::Request::connect(format!("{}:9", mesh.server.ip)).body(())?;
-    assert_eq!(status_of(&mut send, no_listener).await?, 503, "an unreachable app must get 503");
+    assert_eq!(
+        status_of(&mut send, no_listener).await?,
+        503,
+        "an unreachable app must get 503"
+    );
     let good = http::Request::connect(target.to_string()).body(())?;
-    assert_eq!(status_of(&mut send, good).await?, 200, "a well-formed CONNECT to the pod must get 200");
+    assert_eq!(
+        status_of(&mut send, good).await?,
+        200,
+        "a well-formed CONNECT to the pod must get 200"
+    );
     assert!(refused(&mesh, "not_connect") >= 1.0);
     assert!(refused(&mesh, "target_not_local") >= 1.0);
     assert!(refused(&mesh, "upstream_unavailable") >= 1.0);

@@ -193,15 +193,15 @@ fn uri(s: &str) -> rcgen::SanType {
 }
 
 #[test]
-fn workload_certificate_needs_exactly_one_spiffe_uri() {
+fn workload_certificate_needs_a_spiffe_uri() {
     let cases = [
         (vec![], "no URI SAN"),
-        (
-            vec![uri("spiffe://td/ns/a/sa/b"), uri("spiffe://td/ns/c/sa/d")],
-            "2 URI SANs",
-        ),
         (vec![uri("https://example.com/x")], "https://example.com/x"),
         (vec![uri("spiffe://td/workload")], "spiffe://td/workload"),
+        (
+            vec![uri("https://example.com/x"), uri("spiffe://td/workload")],
+            "(URI SANs: https://example.com/x, spiffe://td/workload): \"https://example.com/x\"",
+        ),
     ];
     for (sans, needle) in cases {
         let (cert_pem, key_pem) = self_signed_with_sans(sans);
@@ -209,5 +209,32 @@ fn workload_certificate_needs_exactly_one_spiffe_uri() {
         assert!(matches!(err, CaError::Leaf(_)), "{err}");
         let message = full_chain(&err);
         assert!(message.contains(needle), "{needle}: {message}");
+    }
+}
+
+#[test]
+fn identity_is_the_first_uri_san_that_is_a_spiffe_id() {
+    let cases = [
+        (vec![uri("spiffe://td/ns/a/sa/b")], "spiffe://td/ns/a/sa/b"),
+        (
+            vec![uri("spiffe://td/ns/a/sa/b"), uri("spiffe://td/ns/c/sa/d")],
+            "spiffe://td/ns/a/sa/b",
+        ),
+        (
+            vec![
+                rcgen::SanType::DnsName("a.example".try_into().expect("ia5")),
+                uri("https://example.com/x"),
+                uri("spiffe://td/workload"),
+                uri("spiffe://other/ns/c/sa/d"),
+                uri("spiffe://td/ns/a/sa/b"),
+            ],
+            "spiffe://other/ns/c/sa/d",
+        ),
+    ];
+    for (sans, want) in cases {
+        let (cert_pem, key_pem) = self_signed_with_sans(sans);
+        let cert = WorkloadCertificate::from_pem(&cert_pem, &key_pem).expect(want);
+        assert_eq!(cert.identity().to_string(), want);
+        assert_eq!(identity_of(&cert.chain()[0]).expect("identity").to_string(), want);
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::{CaError, certificates_pem, der_to_pem, parse_certificates};
+use super::{CaError, certificates_pem, der_to_pem, key, parse_certificates};
 use crate::spiffe::SpiffeId;
 use crate::tls::{self, TlsError};
 
@@ -40,7 +40,8 @@ impl fmt::Debug for WorkloadCertificate {
 impl WorkloadCertificate {
     /// Loads a certificate issued elsewhere: `chain_pem` holds the leaf then its intermediates
     /// (a trailing self-signed root is tolerated by peers but wastes bytes), `key_pem` the
-    /// leaf's private key (PKCS#8, SEC1 or PKCS#1). The identity is the leaf's URI SAN.
+    /// leaf's private key (PKCS#8, SEC1 or PKCS#1). The identity is the leaf's first URI SAN that
+    /// is a workload SPIFFE ID (see [`tls::identity_of`]).
     pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<Self, CaError> {
         let chain = parse_certificates("workload certificate", chain_pem)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| CaError::Pem {
@@ -84,7 +85,7 @@ impl WorkloadCertificate {
         })
     }
 
-    /// The SPIFFE ID in the leaf's URI SAN.
+    /// The leaf's SPIFFE ID: its first URI SAN that is one (see [`tls::identity_of`]).
     pub fn identity(&self) -> &SpiffeId {
         &self.identity
     }
@@ -128,13 +129,7 @@ impl WorkloadCertificate {
 
     /// The private key as PEM. Secret: store it like one.
     pub fn key_pem(&self) -> String {
-        let tag = match &*self.key {
-            PrivateKeyDer::Sec1(_) => "EC PRIVATE KEY",
-            PrivateKeyDer::Pkcs1(_) => "RSA PRIVATE KEY",
-            // PKCS#8, and any form pki-types adds later: PKCS#8 is the generic container.
-            _ => "PRIVATE KEY",
-        };
-        der_to_pem(tag, self.key.secret_der())
+        der_to_pem(key::pem_label(&self.key), self.key.secret_der())
     }
 }
 

@@ -16,7 +16,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::{TlsError, identity_of, provider};
+use super::{TlsError, identities_of, provider};
 use crate::spiffe::SpiffeId;
 use crate::trust::TrustBundle;
 
@@ -55,7 +55,7 @@ impl fmt::Display for Refusal {
 // No `source()`: the message above already holds the chain, and a source would repeat it.
 impl std::error::Error for Refusal {}
 
-/// Server side: webpki client verification, then "same trust domain as me".
+/// Server side: webpki client verification, then "a SPIFFE ID in the same trust domain as me".
 #[derive(Debug)]
 pub(super) struct SpiffeClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
@@ -92,8 +92,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        let peer = identity_of(end_entity).map_err(refuse)?;
-        if peer.trust_domain() != self.trust_domain {
+        let peer = identities_of(end_entity).map_err(refuse)?;
+        if !peer.iter().any(|id| id.trust_domain() == self.trust_domain) {
             return Err(refuse(TlsError::ForeignTrustDomain {
                 peer,
                 local: self.trust_domain.clone(),
@@ -125,8 +125,8 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 }
 
-/// Client side: webpki chain verification without any name check, then "one of the identities
-/// I was told to expect".
+/// Client side: webpki chain verification without any name check, then "a SPIFFE ID among the
+/// identities I was told to expect".
 #[derive(Debug)]
 pub(super) struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
@@ -163,8 +163,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
-        let found = identity_of(end_entity).map_err(refuse)?;
-        if !self.expected.contains(&found) {
+        let found = identities_of(end_entity).map_err(refuse)?;
+        if !found.iter().any(|id| self.expected.contains(id)) {
             return Err(refuse(TlsError::UnexpectedPeer {
                 found,
                 expected: self.expected.clone(),
