@@ -2,7 +2,7 @@
 # Run as root on Debian: the network-namespace tests, the demo and the bench need it.
 
 CARGO ?= cargo
-APT_PACKAGES := iproute2 nftables tcpdump
+APT_PACKAGES := iproute2 nftables tcpdump openssl
 BENCH_PACKAGES := iperf3 haproxy util-linux
 
 .PHONY: deps bench-deps build demo test lint bench fmt

@@ -545,3 +545,11 @@ fn hostile_input_is_an_error_not_a_panic() {
     assert!(parse("\u{0}\u{1}").is_err());
     assert!(parse("a: b\n---\nc: d\n").is_err());
 }
+
+#[test]
+fn the_shipped_example_parses() {
+    let text = include_str!("../../../../examples/ztunnel-local.yaml");
+    let config = parse(text).expect("examples/ztunnel-local.yaml must stay valid");
+    assert_eq!(config.workloads.len(), 2);
+    assert_eq!(config.authorization_policies.len(), 1);
+}
