@@ -5,7 +5,7 @@ CARGO ?= cargo
 APT_PACKAGES := iproute2 nftables tcpdump openssl
 BENCH_PACKAGES := iperf3 haproxy util-linux
 
-.PHONY: deps bench-deps build demo test lint bench fmt
+.PHONY: deps bench-deps build demo test lint bench fmt fuzz-smoke
 
 # Installs the Debian packages in $(1) that are missing.
 define apt_install
@@ -45,3 +45,21 @@ fmt:
 # Throughput, latency, connection rate and memory against the direct path, same run.
 bench: bench-deps build
 	./target/release/ambit-bench --ztunnel ./target/release/ztunnel
+
+# Every fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS each, from its tracked seeds plus the
+# untracked corpus it grows. Needs the nightly toolchain (libFuzzer and ASan); a crash fails the
+# target and leaves the input in fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 20
+fuzz-smoke:
+	@$(CARGO) +nightly --version >/dev/null 2>&1 || { \
+		echo "fuzz-smoke: the nightly toolchain is missing; run: rustup toolchain install nightly" >&2; \
+		exit 1; }
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && $(CARGO) +nightly fuzz build
+	@cd fuzz && for target in $$($(CARGO) +nightly fuzz list); do \
+		echo "fuzz-smoke: $$target for $(FUZZ_SECONDS)s"; \
+		mkdir -p corpus/$$target && \
+		$(CARGO) +nightly fuzz run $$target corpus/$$target seeds/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 \
+			|| exit 1; \
+	done

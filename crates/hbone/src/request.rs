@@ -74,7 +74,10 @@ impl ConnectRequest {
 
     /// Parses what a server received. Method and target are checked strictly; metadata headers
     /// that do not parse are dropped (they are informational and peers vary in syntax).
-    pub(crate) fn from_http<B>(request: &Request<B>) -> Result<Self, Rejection> {
+    ///
+    /// Public so the fuzz targets in `fuzz/` can drive it with untrusted requests; the server
+    /// calls it for every stream a client opens.
+    pub fn from_http<B>(request: &Request<B>) -> Result<Self, Rejection> {
         if request.method() != Method::CONNECT {
             return Err(Rejection::NotConnect);
         }
