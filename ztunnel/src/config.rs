@@ -49,8 +49,9 @@ pub struct Args {
     /// HBONE connections with no open stream for this long are closed.
     #[arg(long, env = "AMBIT_ZTUNNEL_POOL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub pool_idle_timeout: Duration,
-    /// Tokio worker threads.
-    #[arg(long, env = "AMBIT_ZTUNNEL_WORKER_THREADS", default_value_t = 2)]
+    /// Tokio worker threads. One avoids the cross-thread wakeups that dominate a small node's
+    /// per-request cost; raise it where one core cannot carry the node's traffic.
+    #[arg(long, env = "AMBIT_ZTUNNEL_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 }
 

@@ -96,7 +96,7 @@ impl PodNetns {
     /// Connects from inside the pod, marked so the capture rules do not redirect it again.
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
         let socket = self
-            .run(|| Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)))
+            .run(|| Socket::new(Domain::for_address(addr), STREAM_NONBLOCKING, Some(Protocol::TCP)))
             .map_err(io::Error::other)??;
         connect_marked(socket, addr).await
     }
@@ -104,13 +104,15 @@ impl PodNetns {
 
 /// Connects from ztunnel's own namespace (used where no pod namespace is known).
 pub async fn connect_host(addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(Domain::for_address(addr), STREAM_NONBLOCKING, Some(Protocol::TCP))?;
     connect_marked(socket, addr).await
 }
 
+/// Non-blocking from `socket()` on: saves the two `fcntl`s of `set_nonblocking` per connection.
+const STREAM_NONBLOCKING: Type = Type::STREAM.nonblocking();
+
 async fn connect_marked(socket: Socket, addr: SocketAddr) -> io::Result<TcpStream> {
     socket.set_mark(ZTUNNEL_MARK)?;
-    socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
     let std_stream: std::net::TcpStream = socket.into();
     TcpSocket::from_std_stream(std_stream).connect(addr).await

@@ -32,6 +32,12 @@ pub const INBOUND_PLAINTEXT_PORT: u16 = 15006;
 /// Port of the inbound HBONE listener (Istio: 15008).
 pub const HBONE_PORT: u16 = 15008;
 
+/// Encrypted bytes rustls may queue for the socket (its default is 64 KiB). The copy hands h2 up
+/// to 256 KiB per socket read; letting rustls encrypt all of it before writing turns four
+/// `writev`s into one, which measured 7–25% less proxy CPU per GB. h2 already bounds what a
+/// stream queues, so this only adds to a connection whose socket is backed up.
+pub const TLS_SEND_BUFFER: usize = 1024 * 1024;
+
 /// ztunnel's own ports, never a valid CONNECT target: 15001/15006/15008 in the pod, and the
 /// admin (15000), metrics (15020) and readiness (15021) ports.
 pub const RESERVED_PORTS: [u16; 6] = [15000, OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, HBONE_PORT, 15020, 15021];

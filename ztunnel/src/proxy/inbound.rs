@@ -50,7 +50,7 @@ async fn handle_connection(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, stream: TcpS
         }
     };
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    let tls = match tokio::time::timeout(inputs.tls_handshake_timeout, handshake).await {
+    let mut tls = match tokio::time::timeout(inputs.tls_handshake_timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             inputs.metrics.refuse(LISTENER, "tls_handshake");
@@ -71,6 +71,7 @@ async fn handle_connection(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, stream: TcpS
             return;
         }
     };
+    tls.get_mut().1.set_buffer_limit(Some(super::TLS_SEND_BUFFER));
     let metrics = inputs.metrics.clone();
     let observer = Arc::new(move |r: Rejection| metrics.refuse(LISTENER, r.as_str()));
     let handler = {

@@ -198,12 +198,13 @@ async fn tunnel(
                 .connect(hbone_addr)
                 .await
                 .map_err(|e| std::io::Error::new(e.kind(), format!("connect {hbone_addr}: {e}")))?;
-            let tls = tokio_rustls::TlsConnector::from(tls)
+            let mut tls = tokio_rustls::TlsConnector::from(tls)
                 .connect(ambit_identity::tls::server_name(), tcp)
                 .await
                 .map_err(|e| {
                     std::io::Error::new(e.kind(), format!("TLS to {hbone_addr} expecting {destination_id}: {e}"))
                 })?;
+            tls.get_mut().1.set_buffer_limit(Some(super::TLS_SEND_BUFFER));
             Ok::<_, ambit_hbone::Error>(tls)
         })
         .await
