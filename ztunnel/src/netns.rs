@@ -26,8 +26,6 @@ pub enum NetnsError {
     Open { path: PathBuf, source: io::Error },
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: PathBuf, source: nix::Error },
-    #[error("cannot return to ztunnel's own network namespace: {0}")]
-    Return(nix::Error),
 }
 
 fn home() -> Result<&'static File, NetnsError> {
@@ -76,7 +74,13 @@ impl PodNetns {
             source,
         })?;
         let result = f();
-        setns(home.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Return)?;
+        if let Err(e) = setns(home.as_fd(), CloneFlags::CLONE_NEWNET) {
+            // A worker thread stuck in a pod's namespace would open every later socket there:
+            // there is no safe way on, so stop the process (fail closed; the pods' traffic
+            // stops until ztunnel is restarted).
+            tracing::error!(error = %e, "cannot return to ztunnel's own network namespace; aborting");
+            std::process::abort();
+        }
         Ok(result)
     }
 

@@ -22,12 +22,31 @@ const MAX_READ: usize = 256 * 1024;
 /// Below this much spare room a new buffer is reserved instead of issuing a tiny read.
 const MIN_SPARE: usize = 4 * 1024;
 
+/// A copy that failed part-way, with what it had moved by then (so metrics and access logs count
+/// the bytes of an aborted tunnel too).
+#[derive(Debug, thiserror::Error)]
+#[error("tunnel copy failed after {socket_to_stream} bytes up and {stream_to_socket} bytes down")]
+pub struct CopyError {
+    pub socket_to_stream: u64,
+    pub stream_to_socket: u64,
+    #[source]
+    pub source: io::Error,
+}
+
+impl CopyError {
+    /// The underlying I/O error's kind (a reset shows as `ConnectionReset`).
+    pub fn kind(&self) -> io::ErrorKind {
+        self.source.kind()
+    }
+}
+
 /// Copies `socket` → `stream` and `stream` → `socket` until both directions finish.
 ///
 /// EOF from the socket sends END_STREAM; END_STREAM from the peer shuts down the socket's write
 /// side. Returns `(bytes socket→stream, bytes stream→socket)`. An error in either direction ends
-/// both and resets the stream with CONNECT_ERROR so the peer sees an abort, not a clean close.
-pub async fn copy_bidirectional<T>(socket: &mut T, stream: H2Stream) -> io::Result<(u64, u64)>
+/// both and resets the stream with CONNECT_ERROR so the peer sees an abort, not a clean close;
+/// the error still carries the byte counts.
+pub async fn copy_bidirectional<T>(socket: &mut T, stream: H2Stream) -> Result<(u64, u64), CopyError>
 where
     T: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
@@ -36,11 +55,17 @@ where
         upload: Upload::new(),
         download: Download::new(),
     };
-    let result = poll_fn(|cx| copy.poll(cx, &mut *socket)).await;
-    if result.is_err() {
-        copy.stream.abort();
+    match poll_fn(|cx| copy.poll(cx, &mut *socket)).await {
+        Ok(counts) => Ok(counts),
+        Err(source) => {
+            copy.stream.abort();
+            Err(CopyError {
+                socket_to_stream: copy.upload.bytes,
+                stream_to_socket: copy.download.bytes,
+                source,
+            })
+        }
     }
-    result
 }
 
 struct Copy {

@@ -16,7 +16,7 @@ mod request;
 pub mod server;
 mod stream;
 
-pub use copy::copy_bidirectional;
+pub use copy::{CopyError, copy_bidirectional};
 pub use error::Error;
 pub use request::{ConnectRequest, Refusal};
 pub use stream::H2Stream;

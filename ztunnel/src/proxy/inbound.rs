@@ -181,6 +181,6 @@ async fn handle_stream(
         // copy_bidirectional counts app→tunnel first; for the destination reporter "sent" is
         // source→destination, i.e. tunnel→app.
         Ok((to_source, from_source)) => record.close(from_source, to_source, None),
-        Err(e) => record.close(0, 0, Some(&e)),
+        Err(e) => record.close(e.stream_to_socket, e.socket_to_stream, Some(&e.source)),
     }
 }

@@ -150,7 +150,7 @@ async fn handle(inputs: &Arc<ProxyInputs>, pod: &Arc<Pod>, mut client: TcpStream
             match tunnel(inputs, pod, &source, &workload, target, peer).await {
                 Ok(stream) => match ambit_hbone::copy_bidirectional(&mut client, stream).await {
                     Ok((sent, received)) => record.close(sent, received, None),
-                    Err(e) => record.close(0, 0, Some(&e)),
+                    Err(e) => record.close(e.socket_to_stream, e.stream_to_socket, Some(&e.source)),
                 },
                 Err((reason, e)) => {
                     inputs.metrics.refuse(LISTENER, reason);

@@ -185,3 +185,34 @@ async fn server_reset_fails_the_copy() -> anyhow::Result<()> {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     Ok(())
 }
+
+/// A tunnel aborted after data flowed still reports the bytes it moved (metrics count them).
+#[tokio::test]
+async fn a_failed_copy_reports_the_bytes_it_moved() -> anyhow::Result<()> {
+    let served = serve(ServerSettings::default(), |incoming| async move {
+        let Ok(mut stream) = incoming.accept() else {
+            return;
+        };
+        let _ = stream.write_all(b"bye").await;
+        let _ = stream.flush().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // Dropped without END_STREAM: the stream is reset.
+    });
+    let conn = Connection::handshake(served.client_io, &ClientSettings::default()).await?;
+    let stream = conn.connect(&ConnectRequest::new(target())).await?;
+    let (mut app, mut proxy_side) = tokio::io::duplex(64 * 1024);
+    let reader = tokio::spawn(async move {
+        let mut got = [0u8; 3];
+        app.read_exact(&mut got).await.map(|_| got)
+    });
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        copy_bidirectional(&mut proxy_side, stream),
+    )
+    .await?;
+    let err = result.expect_err("reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert_eq!((err.socket_to_stream, err.stream_to_socket), (0, 3));
+    assert_eq!(&reader.await??, b"bye");
+    Ok(())
+}
