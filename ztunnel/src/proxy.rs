@@ -174,9 +174,21 @@ pub fn start_pod(
         netns,
     });
     let stop = inputs.drain.child_token();
-    tokio::spawn(outbound::serve(inputs.clone(), pod.clone(), outbound, stop.clone()));
-    tokio::spawn(plaintext::serve(inputs.clone(), pod.clone(), plaintext, stop.clone()));
-    tokio::spawn(inbound::serve(inputs.clone(), pod, hbone, stop.clone()));
+    tokio::spawn(serve(
+        inputs.clone(),
+        pod.clone(),
+        outbound,
+        stop.clone(),
+        outbound::handle,
+    ));
+    tokio::spawn(serve(
+        inputs.clone(),
+        pod.clone(),
+        plaintext,
+        stop.clone(),
+        plaintext::handle,
+    ));
+    tokio::spawn(serve(inputs.clone(), pod, hbone, stop.clone(), inbound::handle));
     tracing::info!(workload = %key, netns = %netns_path.display(), %ip, "pod captured: listening on 15001, 15006, 15008");
     Ok(PodProxy {
         key,
@@ -185,10 +197,16 @@ pub fn start_pod(
     })
 }
 
-/// Accept loop shared by the listeners: stops on `stop`, keeps going on per-connection errors.
-async fn accept_loop<F, Fut>(listener: TcpListener, stop: CancellationToken, tracker: TaskTracker, mut handle: F)
-where
-    F: FnMut(tokio::net::TcpStream, SocketAddr) -> Fut,
+/// Serves one listener: each accepted connection runs `handle` on its own tracked task, so a
+/// drain waits for it. Stops on `stop`; keeps going on per-connection accept errors.
+async fn serve<F, Fut>(
+    inputs: Arc<ProxyInputs>,
+    pod: Arc<Pod>,
+    listener: TcpListener,
+    stop: CancellationToken,
+    handle: F,
+) where
+    F: Fn(Arc<ProxyInputs>, Arc<Pod>, tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -199,7 +217,7 @@ where
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(handle(stream, peer));
+                inputs.tracker.spawn(handle(inputs.clone(), pod.clone(), stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -100,40 +100,27 @@ impl Record {
         m.active_connections.dec();
         let l = &self.labels;
         let duration_ms = self.start.elapsed().as_millis() as u64;
-        match error {
-            None => tracing::info!(
-                target: "access",
-                direction = self.direction,
-                src.addr = %self.source,
-                src.workload = %l.source_workload,
-                src.identity = %l.source_principal,
-                dst.addr = %self.destination,
-                dst.workload = %l.destination_workload,
-                dst.identity = %l.destination_principal,
-                dst.service = %l.destination_service,
-                security = %l.connection_security_policy,
-                bytes_sent = sent,
-                bytes_recv = received,
-                duration_ms,
-                "connection complete"
-            ),
-            Some(e) => tracing::warn!(
-                target: "access",
-                direction = self.direction,
-                src.addr = %self.source,
-                src.workload = %l.source_workload,
-                src.identity = %l.source_principal,
-                dst.addr = %self.destination,
-                dst.workload = %l.destination_workload,
-                dst.identity = %l.destination_principal,
-                dst.service = %l.destination_service,
-                security = %l.connection_security_policy,
-                bytes_sent = sent,
-                bytes_recv = received,
-                duration_ms,
-                error = %e,
-                "connection failed"
-            ),
-        }
+        let outcome = if error.is_some() {
+            "connection failed"
+        } else {
+            "connection complete"
+        };
+        tracing::info!(
+            target: "access",
+            direction = self.direction,
+            src.addr = %self.source,
+            src.workload = %l.source_workload,
+            src.identity = %l.source_principal,
+            dst.addr = %self.destination,
+            dst.workload = %l.destination_workload,
+            dst.identity = %l.destination_principal,
+            dst.service = %l.destination_service,
+            security = %l.connection_security_policy,
+            bytes_sent = sent,
+            bytes_recv = received,
+            duration_ms,
+            error = error.map(tracing::field::display),
+            "{outcome}"
+        );
     }
 }

@@ -10,8 +10,7 @@ use ambit_hbone::{
 };
 use ambit_identity::SpiffeId;
 use ambit_model::ConnectionInfo;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 use super::{
     Pod, ProxyInputs,
@@ -22,17 +21,7 @@ use crate::metrics::Reporter;
 
 const LISTENER: &str = "inbound_hbone";
 
-pub async fn serve(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, listener: TcpListener, stop: CancellationToken) {
-    let tracker = inputs.tracker.clone();
-    super::accept_loop(listener, stop, tracker, move |stream, peer| {
-        let inputs = inputs.clone();
-        let pod = pod.clone();
-        async move { handle_connection(inputs, pod, stream, peer).await }
-    })
-    .await;
-}
-
-async fn handle_connection(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
+pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
     let state = inputs.state();
     let Some(me) = state.workload_by_ip(pod.ip).cloned() else {
         inputs.metrics.refuse(LISTENER, "unknown_destination");

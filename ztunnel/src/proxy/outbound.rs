@@ -7,8 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 use ambit_hbone::ConnectRequest;
 use ambit_model::{Protocol, Service, State, Workload};
 use rand::Rng;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 use super::{
     HBONE_PORT, Pod, PoolKey, ProxyInputs,
@@ -18,16 +17,6 @@ use super::{
 use crate::{metrics::Reporter, netns};
 
 const LISTENER: &str = "outbound";
-
-pub async fn serve(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, listener: TcpListener, stop: CancellationToken) {
-    let tracker = inputs.tracker.clone();
-    super::accept_loop(listener, stop, tracker, move |stream, peer| {
-        let inputs = inputs.clone();
-        let pod = pod.clone();
-        async move { handle(&inputs, &pod, stream, peer).await }
-    })
-    .await;
-}
 
 /// Where a connection goes once the original destination is resolved.
 enum Route {
@@ -91,7 +80,7 @@ fn traceparent() -> String {
     format!("00-{:032x}-{:016x}-00", rng.random::<u128>(), rng.random::<u64>())
 }
 
-async fn handle(inputs: &Arc<ProxyInputs>, pod: &Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
+pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
     let original = match netns::original_destination(&client) {
         Ok(a) => a,
         Err(e) => {
@@ -147,7 +136,7 @@ async fn handle(inputs: &Arc<ProxyInputs>, pod: &Arc<Pod>, mut client: TcpStream
                 service.as_deref(),
                 true,
             );
-            match tunnel(inputs, pod, &source, &workload, target, peer).await {
+            match tunnel(&inputs, &pod, &source, &workload, target, peer).await {
                 Ok(stream) => match ambit_hbone::copy_bidirectional(&mut client, stream).await {
                     Ok((sent, received)) => record.close(sent, received, None),
                     Err(e) => record.close(e.socket_to_stream, e.stream_to_socket, Some(&e.source)),

@@ -5,8 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use ambit_model::{ConnectionInfo, MtlsMode};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 use super::{
     Pod, ProxyInputs,
@@ -16,17 +15,7 @@ use crate::{metrics::Reporter, netns};
 
 const LISTENER: &str = "inbound_plaintext";
 
-pub async fn serve(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, listener: TcpListener, stop: CancellationToken) {
-    let tracker = inputs.tracker.clone();
-    super::accept_loop(listener, stop, tracker, move |stream, peer| {
-        let inputs = inputs.clone();
-        let pod = pod.clone();
-        async move { handle(&inputs, &pod, stream, peer).await }
-    })
-    .await;
-}
-
-async fn handle(inputs: &Arc<ProxyInputs>, pod: &Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
+pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, mut client: TcpStream, peer: SocketAddr) {
     let target = match netns::original_destination(&client) {
         Ok(a) => a,
         Err(e) => {
