@@ -340,8 +340,8 @@ fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn config_yaml_uses_camel_case() {
+    /// A config with one service and one DENY policy.
+    fn sample_config() -> MeshConfig {
         let mut config = MeshConfig::new();
         config.services.push(ServiceConfig::for_app(
             "echo",
@@ -354,6 +354,12 @@ mod tests {
         config.authorization_policies.push(
             deny_principals_policy("deny-sleep", "default", &["cluster.local/ns/default/sa/sleep"]).unwrap_or_default(),
         );
+        config
+    }
+
+    #[test]
+    fn config_yaml_uses_camel_case() {
+        let config = sample_config();
         let yaml = config.to_yaml().unwrap_or_default();
         assert!(yaml.contains("trustDomain: cluster.local"), "{yaml}");
         assert!(yaml.contains("targetPort: 8080"), "{yaml}");
@@ -370,21 +376,10 @@ mod tests {
             ip: Ipv4Addr::new(10, 244, 1, 2),
             node: "node1".into(),
         };
-        let mut config = MeshConfig::new();
+        let mut config = sample_config();
         config
             .workloads
             .push(WorkloadConfig::for_pod(&pod, "default", "sleep", "sleep"));
-        config.services.push(ServiceConfig::for_app(
-            "echo",
-            "default",
-            Ipv4Addr::new(10, 96, 0, 10),
-            80,
-            8080,
-            "echo",
-        ));
-        config.authorization_policies.push(
-            deny_principals_policy("deny-sleep", "default", &["cluster.local/ns/default/sa/sleep"]).unwrap_or_default(),
-        );
         let yaml = config.to_yaml().unwrap_or_default();
         if let Err(e) = ambit_model::config::parse(&yaml) {
             panic!("ztunnel's config parser rejects our YAML: {e}\n{yaml}");

@@ -95,58 +95,56 @@ pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, mut client: TcpStre
         tracing::warn!(pod = %pod.key, ip = %pod.ip, "captured pod is no longer in the config; closing");
         return;
     };
-    match resolve(&state, original) {
+    // `meshed` is the destination workload when the connection goes over HBONE.
+    let (target, destination, service, meshed) = match resolve(&state, original) {
         Route::NoEndpoints { service } => {
             inputs.metrics.refuse(LISTENER, "no_endpoints");
             tracing::warn!(service = %service.hostname, %original, "service has no endpoints; closing");
+            return;
         }
         Route::Passthrough {
             target,
             workload,
             service,
-        } => {
-            let record = Record::open(
-                &inputs.metrics,
-                Reporter::source,
-                "outbound",
-                (peer, Peer::of(&source)),
-                (target, workload.as_deref().map(Peer::of).unwrap_or_default()),
-                service.as_deref(),
-                false,
-            );
-            match pod.netns.connect(target).await {
-                Ok(mut upstream) => match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    Ok((sent, received)) => record.close(sent, received, None),
-                    Err(e) => record.close(0, 0, Some(&e)),
-                },
-                Err(e) => record.close(0, 0, Some(&format!("connect {target}: {e}"))),
-            }
-        }
+        } => (
+            target,
+            workload.as_deref().map(Peer::of).unwrap_or_default(),
+            service,
+            None,
+        ),
         Route::Hbone {
             workload,
             target,
             service,
-        } => {
-            let record = Record::open(
-                &inputs.metrics,
-                Reporter::source,
-                "outbound",
-                (peer, Peer::of(&source)),
-                (target, Peer::of(&workload)),
-                service.as_deref(),
-                true,
-            );
-            match tunnel(&inputs, &pod, &source, &workload, target, peer).await {
-                Ok(stream) => match ambit_hbone::copy_bidirectional(&mut client, stream).await {
-                    Ok((sent, received)) => record.close(sent, received, None),
-                    Err(e) => record.close(e.socket_to_stream, e.stream_to_socket, Some(&e.source)),
-                },
-                Err((reason, e)) => {
-                    inputs.metrics.refuse(LISTENER, reason);
-                    record.close(0, 0, Some(&e));
-                }
+        } => (target, Peer::of(&workload), service, Some(workload)),
+    };
+    let record = Record::open(
+        &inputs.metrics,
+        Reporter::source,
+        "outbound",
+        (peer, Peer::of(&source)),
+        (target, destination),
+        service.as_deref(),
+        meshed.is_some(),
+    );
+    match meshed {
+        None => match pod.netns.connect(target).await {
+            Ok(mut upstream) => match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok((sent, received)) => record.close(sent, received, None),
+                Err(e) => record.close(0, 0, Some(&e)),
+            },
+            Err(e) => record.close(0, 0, Some(&format!("connect {target}: {e}"))),
+        },
+        Some(workload) => match tunnel(&inputs, &pod, &source, &workload, target, peer).await {
+            Ok(stream) => match ambit_hbone::copy_bidirectional(&mut client, stream).await {
+                Ok((sent, received)) => record.close(sent, received, None),
+                Err(e) => record.close(e.socket_to_stream, e.stream_to_socket, Some(&e.source)),
+            },
+            Err((reason, e)) => {
+                inputs.metrics.refuse(LISTENER, reason);
+                record.close(0, 0, Some(&e));
             }
-        }
+        },
     }
 }
 
