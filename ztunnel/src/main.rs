@@ -31,8 +31,9 @@ fn main() -> anyhow::Result<()> {
         let ztunnel = match Ztunnel::start(config).await {
             Ok(z) => z,
             Err(e) => {
+                // Bad config or files: the logged message says what to fix; a backtrace would not.
                 tracing::error!(error = %e, "ztunnel cannot start");
-                anyhow::bail!("{e}");
+                std::process::exit(1);
             }
         };
         tokio::select! {
