@@ -7,8 +7,8 @@
 mod error;
 mod raw;
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -194,6 +194,8 @@ impl Lowering<'_> {
             workload_name,
             netns: raw.netns.map(|p| p.0),
             trust_domain: trust_domain.to_owned(),
+            services: BTreeMap::new(),
+            waypoint: None,
         })
     }
 
@@ -242,6 +244,7 @@ impl Lowering<'_> {
                 vips: raw.vips.into_iter().map(|ip| ip.0).collect(),
                 ports,
                 selector: raw.selector,
+                waypoint: None,
             });
         }
         Ok(services)

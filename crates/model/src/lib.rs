@@ -19,4 +19,4 @@ pub use config::{ConfigError, LocalConfig};
 pub use peer_authentication::{MtlsMode, PeerAuthentication};
 pub use service::{Service, ServicePort};
 pub use state::State;
-pub use workload::{Labels, Protocol, Workload};
+pub use workload::{Labels, Protocol, Waypoint, WaypointAddress, Workload};

@@ -19,15 +19,25 @@ pub struct Service {
     /// Cluster IPs; empty for a headless service.
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
-    /// Endpoints are the workloads of the service's namespace whose labels contain this selector.
-    /// As in Kubernetes, an empty selector selects nothing (endpoints are managed elsewhere).
+    /// Endpoints are the workloads of the service's namespace whose labels contain this selector,
+    /// plus the workloads that list the service in [`crate::Workload::services`]. As in
+    /// Kubernetes, an empty selector selects nothing by labels.
     pub selector: Labels,
+    /// The waypoint that handles traffic addressed to this service, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<crate::Waypoint>,
 }
 
 impl Service {
     /// `<namespace>/<name>`, unique across the mesh.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// `<namespace>/<hostname>`: how workloads name the services they belong to, and the xDS
+    /// resource name of the service.
+    pub fn endpoint_key(&self) -> String {
+        format!("{}/{}", self.namespace, self.hostname)
     }
 
     /// The workload port that service port `port` forwards to, if `port` is one of the service's.

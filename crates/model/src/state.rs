@@ -122,15 +122,18 @@ impl State {
         self.services.iter()
     }
 
-    /// The workloads of the service's namespace whose labels contain its (non-empty) selector,
-    /// in `namespace/name` order.
+    /// The service's endpoints in `namespace/name` order: the workloads that list it in their
+    /// `services`, and the workloads of its namespace whose labels contain its (non-empty) selector.
     pub fn endpoints(&self, service: &Service) -> Vec<&Arc<Workload>> {
-        if service.selector.is_empty() {
-            return Vec::new();
-        }
+        let key = service.endpoint_key();
         self.workloads
             .iter()
-            .filter(|w| w.namespace == service.namespace && w.matches_selector(&service.selector))
+            .filter(|w| {
+                w.services.contains_key(&key)
+                    || (!service.selector.is_empty()
+                        && w.namespace == service.namespace
+                        && w.matches_selector(&service.selector))
+            })
             .collect()
     }
 

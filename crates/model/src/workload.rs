@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::service::ServicePort;
+
 /// Kubernetes-style labels, and label selectors (a selector matches labels that contain it).
 pub type Labels = BTreeMap<String, String>;
 
@@ -34,6 +36,36 @@ pub struct Workload {
     pub netns: Option<PathBuf>,
     /// Trust domain of the workload's SPIFFE identity, e.g. `cluster.local`.
     pub trust_domain: String,
+    /// The services this workload is an endpoint of, keyed `<namespace>/<hostname>` (Istio's
+    /// `Workload.services`), each with this workload's port mapping; an empty list means the
+    /// service's own target ports. Filled by the control plane from EndpointSlices; the local
+    /// config uses service selectors instead (see [`crate::State::endpoints`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, Vec<ServicePort>>,
+    /// The waypoint that handles traffic addressed to this workload, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<Waypoint>,
+}
+
+/// Where a waypoint is reached (Istio's `GatewayAddress`): the waypoint's service, by hostname or
+/// by IP, and its HBONE port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waypoint {
+    pub address: WaypointAddress,
+    /// The waypoint's HBONE port, 15008.
+    pub hbone_port: u16,
+}
+
+/// The address part of a [`Waypoint`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum WaypointAddress {
+    /// The waypoint service `namespace/hostname`.
+    Hostname { namespace: String, hostname: String },
+    /// A VIP of the waypoint service.
+    Ip(IpAddr),
 }
 
 impl Workload {
@@ -53,6 +85,17 @@ impl Workload {
     /// `<namespace>/<name>`, unique across the mesh.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The workload port that `service`'s port `port` reaches on this workload: this workload's own
+    /// mapping when it has one, else the service's target port.
+    pub fn target_port(&self, service: &crate::Service, port: u16) -> Option<u16> {
+        let own = self
+            .services
+            .get(&service.endpoint_key())
+            .and_then(|ports| ports.iter().find(|p| p.port == port))
+            .map(|p| p.target_port);
+        own.or_else(|| service.target_port(port))
     }
 
     /// Whether every label of `selector` is present on this workload with the same value.

@@ -37,17 +37,21 @@ enum Route {
 }
 
 fn resolve(state: &State, original: SocketAddr) -> Route {
-    let (workload, target, service) = if let Some((svc, target_port)) = state.service_by_vip(original) {
+    let (workload, target, service) = if let Some((svc, _)) = state.service_by_vip(original) {
         let endpoints = state.endpoints(svc);
         let chosen = endpoints
             .iter()
-            .filter_map(|w| w.addresses.first().map(|ip| (*w, *ip)))
+            .filter_map(|w| {
+                let ip = *w.addresses.first()?;
+                let port = w.target_port(svc, original.port())?;
+                Some((*w, SocketAddr::new(ip, port)))
+            })
             .collect::<Vec<_>>();
         if chosen.is_empty() {
             return Route::NoEndpoints { service: svc.clone() };
         }
-        let (w, ip) = chosen[rand::rng().random_range(0..chosen.len())];
-        (Some(w.clone()), SocketAddr::new(ip, target_port), Some(svc.clone()))
+        let (w, target) = chosen[rand::rng().random_range(0..chosen.len())];
+        (Some(w.clone()), target, Some(svc.clone()))
     } else {
         (state.workload_by_ip(original.ip()).cloned(), original, None)
     };

@@ -78,6 +78,8 @@ fn parses_the_documented_example() {
             workload_name: "sleep".into(),
             netns: Some(PathBuf::from("/run/netns/pod-a")),
             trust_domain: "cluster.local".into(),
+            services: BTreeMap::new(),
+            waypoint: None,
         }
     );
     assert_eq!(client.principal(), "cluster.local/ns/default/sa/sleep");
@@ -103,6 +105,7 @@ fn parses_the_documented_example() {
                 target_port: 8080
             }],
             selector: labels(&[("app", "echo")]),
+            waypoint: None,
         }]
     );
 

@@ -1,0 +1,1 @@
+//! A test-only in-memory Kubernetes API server.

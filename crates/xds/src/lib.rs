@@ -1,0 +1,1 @@
+//! Workload xDS over delta ADS: the server the operator runs and the client ztunnel runs.

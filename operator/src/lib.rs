@@ -1,0 +1,1 @@
+//! The Ambit operator: sources, index, CA and xDS server wired together.
