@@ -2,7 +2,7 @@
 //! state, the admin/metrics/readiness endpoints, and the drain on shutdown.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
     sync::{
@@ -18,10 +18,13 @@ use hyper::StatusCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use ambit_xds::client::{ClientConfig as XdsClientConfig, TokenSource, XdsClient};
+use tonic::transport::{Certificate, ClientTlsConfig};
+
 use crate::{
-    admin,
     certs::CertManager,
-    config::Config,
+    certs::{CaClient, CaClientConfig},
+    config::{CertSource, Config, ConfigSource, OperatorEndpoint},
     metrics::Metrics,
     proxy::{self, PodProxy, ProxyInputs},
     source,
@@ -45,6 +48,8 @@ pub enum StartError {
     Trust { path: PathBuf, reason: String },
     #[error(transparent)]
     Source(#[from] source::SourceError),
+    #[error(transparent)]
+    Certificates(Box<crate::certs::CertError>),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -73,50 +78,96 @@ pub struct Ztunnel {
     background: CancellationToken,
 }
 
-fn read(what: &'static str, path: &PathBuf) -> Result<String, StartError> {
+fn read(what: &'static str, path: &std::path::Path) -> Result<String, StartError> {
     std::fs::read_to_string(path).map_err(|source| StartError::Read {
         what,
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     })
 }
 
 impl Ztunnel {
     pub async fn start(config: Config) -> Result<Ztunnel, StartError> {
-        let ca = CertificateAuthority::from_pem(
-            &read("CA certificate", &config.ca_cert)?,
-            &read("CA key", &config.ca_key)?,
-        )
-        .map_err(|e| StartError::Ca {
-            cert: config.ca_cert.clone(),
-            key: config.ca_key.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut roots = vec![ca.root_der()];
-        if let Some(path) = &config.trust_bundle {
-            let extra = TrustBundle::from_pem(&read("trust bundle", path)?).map_err(|e| StartError::Trust {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            roots.extend(extra.roots().iter().cloned());
-        }
-        let trust = TrustBundle::new(roots).map_err(|e| StartError::Trust {
-            path: config.ca_cert.clone(),
-            reason: e.to_string(),
-        })?;
-        let (state, text) = source::load(&config.config_file)?;
-        let (tx, rx) = watch::channel(Arc::new(state));
+        let extra_roots = match &config.trust_bundle {
+            Some(path) => TrustBundle::from_pem(&read("trust bundle", path)?)
+                .map_err(|e| StartError::Trust {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+                .roots()
+                .to_vec(),
+            None => Vec::new(),
+        };
+        let certs = match &config.certs {
+            CertSource::LocalCa { cert, key } => {
+                let ca = CertificateAuthority::from_pem(&read("CA certificate", cert)?, &read("CA key", key)?)
+                    .map_err(|e| StartError::Ca {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        reason: e.to_string(),
+                    })?;
+                let trust = trust_bundle(vec![ca.root_der()], extra_roots, cert)?;
+                CertManager::new(ca, trust, config.cert_ttl)
+            }
+            CertSource::Operator(operator) => {
+                let root_pem = read("mesh root certificate", &operator.root_cert)?;
+                let root = TrustBundle::from_pem(&root_pem).map_err(|e| StartError::Trust {
+                    path: operator.root_cert.clone(),
+                    reason: e.to_string(),
+                })?;
+                let trust = trust_bundle(root.roots().to_vec(), extra_roots, &operator.root_cert)?;
+                let client = CaClient::new(CaClientConfig {
+                    address: operator.address.clone(),
+                    root_pem: Some(root_pem),
+                    server_name: Some(operator.server_name.clone()),
+                    token_path: operator.token_file.clone(),
+                    ttl: config.cert_ttl,
+                })
+                .map_err(|e| StartError::Certificates(Box::new(e)))?;
+                CertManager::remote(client, trust)
+            }
+        };
+        let background = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
-        let certs = Arc::new(CertManager::new(ca, trust, config.cert_ttl));
+        // Whether the config source has delivered a first complete view; readiness waits for it.
+        let synced = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = watch::channel(Arc::new(State::default()));
+        match &config.source {
+            ConfigSource::File { path, poll } => {
+                let (state, text) = source::load(path)?;
+                tx.send_replace(Arc::new(state));
+                synced.store(true, Ordering::Release);
+                tokio::spawn(source::watch_file(
+                    path.clone(),
+                    *poll,
+                    text,
+                    tx,
+                    metrics.clone(),
+                    background.clone(),
+                ));
+            }
+            ConfigSource::Xds(operator) => {
+                let client = XdsClient::new(xds_config(operator, &config.node)?, tx);
+                let mut status = client.status();
+                tokio::spawn(client.run(background.clone()));
+                let synced = synced.clone();
+                tokio::spawn(async move {
+                    if status.wait_for(|s| s.synced).await.is_ok() {
+                        tracing::info!("xDS synced");
+                        synced.store(true, Ordering::Release);
+                    }
+                });
+            }
+        }
         let inputs = Arc::new(ProxyInputs::new(
             rx.clone(),
-            certs,
+            Arc::new(certs),
             metrics.clone(),
             config.pool_idle_timeout,
         ));
 
         let bind = |what, addr| async move {
-            admin::bind(addr)
+            ambit_telemetry::bind(addr)
                 .await
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
@@ -124,19 +175,10 @@ impl Ztunnel {
         let metrics_listener = bind("metrics", config.metrics_addr).await?;
         let readiness_listener = bind("readiness", config.readiness_addr).await?;
 
-        let background = CancellationToken::new();
         let pods = Arc::new(Mutex::new(Pods::default()));
         let ready = Arc::new(AtomicBool::new(false));
         reconcile(&inputs, &config.node, &pods, &ready);
 
-        tokio::spawn(source::watch_file(
-            config.config_file.clone(),
-            config.config_poll,
-            text,
-            tx,
-            metrics.clone(),
-            background.clone(),
-        ));
         tokio::spawn(reconcile_loop(
             inputs.clone(),
             config.node.clone(),
@@ -145,19 +187,19 @@ impl Ztunnel {
             rx,
             background.clone(),
         ));
-        tokio::spawn(admin::serve(
+        tokio::spawn(ambit_telemetry::serve(
             admin_listener,
             config_dump_route(&inputs, &config.node, &pods),
             background.clone(),
         ));
-        tokio::spawn(admin::serve(
+        tokio::spawn(ambit_telemetry::serve(
             metrics_listener,
             metrics_route(&inputs),
             background.clone(),
         ));
-        tokio::spawn(admin::serve(
+        tokio::spawn(ambit_telemetry::serve(
             readiness_listener,
-            readiness_route(ready),
+            readiness_route(ready, synced),
             background.clone(),
         ));
         tracing::info!(node = %config.node, admin = %config.admin_addr, metrics = %config.metrics_addr, readiness = %config.readiness_addr, "ztunnel started");
@@ -207,6 +249,16 @@ fn reconcile(inputs: &Arc<ProxyInputs>, node: &str, pods: &Mutex<Pods>, ready: &
             ))
         })
         .collect();
+    // Certificates follow the pods: fetched ahead of their first connection, forgotten (and no
+    // longer renewed) once no pod on this node uses the identity.
+    let identities: BTreeSet<_> = desired
+        .values()
+        .filter_map(|(_, w)| proxy::identity_of(w).ok())
+        .collect();
+    inputs.certs.retain(|id| identities.contains(id));
+    for id in &identities {
+        inputs.certs.prefetch(id);
+    }
     let mut pods = pods.lock().unwrap_or_else(|e| e.into_inner());
     pods.running.retain(|key, (spec, _)| {
         let keep = desired.get(key).is_some_and(|(d, _)| d == spec);
@@ -253,7 +305,7 @@ async fn reconcile_loop(
     }
 }
 
-fn metrics_route(inputs: &Arc<ProxyInputs>) -> admin::Route {
+fn metrics_route(inputs: &Arc<ProxyInputs>) -> ambit_telemetry::Route {
     let inputs = inputs.clone();
     Arc::new(move |path| match path {
         "/metrics" | "/stats/prometheus" => {
@@ -263,23 +315,57 @@ fn metrics_route(inputs: &Arc<ProxyInputs>) -> admin::Route {
                 .set(inputs.pool.connection_count() as i64);
             (StatusCode::OK, "text/plain; version=0.0.4", inputs.metrics.encode())
         }
-        other => admin::not_found(other),
+        other => ambit_telemetry::not_found(other),
     })
 }
 
-fn readiness_route(ready: Arc<AtomicBool>) -> admin::Route {
+fn readiness_route(ready: Arc<AtomicBool>, synced: Arc<AtomicBool>) -> ambit_telemetry::Route {
     Arc::new(move |path| match path {
+        "/healthz/ready" if !synced.load(Ordering::Acquire) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: no config from the operator yet\n".into(),
+        ),
         "/healthz/ready" if ready.load(Ordering::Acquire) => (StatusCode::OK, "text/plain", "ready\n".into()),
         "/healthz/ready" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
             "not ready: pods not captured yet\n".into(),
         ),
-        other => admin::not_found(other),
+        other => ambit_telemetry::not_found(other),
     })
 }
 
-fn config_dump_route(inputs: &Arc<ProxyInputs>, node: &str, pods: &Arc<Mutex<Pods>>) -> admin::Route {
+/// Builds the trust bundle from the mesh root(s) and the extra roots of `--trust-bundle`.
+fn trust_bundle(
+    mut roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+    path: &std::path::Path,
+) -> Result<TrustBundle, StartError> {
+    roots.extend(extra);
+    TrustBundle::new(roots).map_err(|e| StartError::Trust {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The xDS client settings for reaching `operator` as the ztunnel of `node`.
+fn xds_config(operator: &OperatorEndpoint, node: &str) -> Result<XdsClientConfig, StartError> {
+    let mut xds = XdsClientConfig::new(operator.address.clone(), format!("ztunnel~{node}"));
+    xds.token = TokenSource::File(operator.token_file.clone());
+    xds.node_metadata.insert("NODE_NAME".to_owned(), node.to_owned());
+    if operator.address.starts_with("https://") {
+        let root = read("mesh root certificate", &operator.root_cert)?;
+        xds.tls = Some(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(root))
+                .domain_name(operator.server_name.clone()),
+        );
+    }
+    Ok(xds)
+}
+
+fn config_dump_route(inputs: &Arc<ProxyInputs>, node: &str, pods: &Arc<Mutex<Pods>>) -> ambit_telemetry::Route {
     let inputs = inputs.clone();
     let pods = pods.clone();
     let node = node.to_string();
@@ -303,6 +389,6 @@ fn config_dump_route(inputs: &Arc<ProxyInputs>, node: &str, pods: &Arc<Mutex<Pod
             let body = serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
             (StatusCode::OK, "application/json", body)
         }
-        other => admin::not_found(other),
+        other => ambit_telemetry::not_found(other),
     })
 }

@@ -3,7 +3,6 @@
 //! (HTTP/2 CONNECT in mutual TLS 1.3 with SPIFFE identities), enforces PeerAuthentication and L4
 //! authorization on the way in, and reports Istio-compatible TCP metrics. L7 is the waypoint's.
 
-pub mod admin;
 pub mod app;
 pub mod certs;
 pub mod config;

@@ -1,7 +1,5 @@
 //! The `ztunnel` binary: parse flags, start the app, drain on SIGTERM/SIGINT.
 
-use std::io::IsTerminal as _;
-
 use ambit_ztunnel::{
     app::Ztunnel,
     config::{Args, Config},
@@ -11,16 +9,16 @@ use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> anyhow::Result<()> {
     tune_allocator();
-    let config = Config::from(Args::parse());
+    let config = match Config::try_from(Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ztunnel: {e}");
+            std::process::exit(2);
+        }
+    };
     // Access-log lines are written synchronously: a non-blocking writer thread costs a wakeup per
     // line, which measured slower on connection churn than the write itself.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AMBIT_ZTUNNEL_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    ambit_telemetry::init_logging("AMBIT_ZTUNNEL_LOG");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.worker_threads)
         .enable_all()

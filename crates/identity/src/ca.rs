@@ -4,7 +4,9 @@
 //! It does not authenticate who asks for a certificate (that is the caller's job) and does not
 //! rotate anything: callers re-issue at [`WorkloadCertificate::renew_at`].
 
+mod csr;
 mod key;
+mod serving;
 mod workload;
 
 use std::time::{Duration, SystemTime};
@@ -18,6 +20,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 use x509_parser::prelude::X509Certificate;
 
+pub use self::csr::{CertificateRequest, CsrError};
+pub use self::serving::ServingCertificate;
 pub use self::workload::WorkloadCertificate;
 use crate::spiffe::{SpiffeId, SpiffeIdError, validate_trust_domain};
 use crate::tls::TlsError;
@@ -184,6 +188,11 @@ impl CertificateAuthority {
         self.root.clone()
     }
 
+    /// [`CertificateAuthority::root_der`] as PEM: what is published for workloads to trust.
+    pub fn root_pem(&self) -> String {
+        certificates_pem(std::slice::from_ref(&self.root))
+    }
+
     /// A trust bundle holding just [`CertificateAuthority::root_der`].
     pub fn trust_bundle(&self) -> Result<TrustBundle, TlsError> {
         TrustBundle::new(vec![self.root_der()])
@@ -210,18 +219,7 @@ impl CertificateAuthority {
             what: format!("workload {id}"),
             source,
         };
-        let uri = id.to_string().try_into().map_err(generate_error)?;
-        let mut params = CertificateParams::default();
-        // An empty subject, as Istio issues: the identity lives only in the URI SAN, which
-        // rcgen then marks critical as RFC 5280 §4.2.1.6 requires.
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = OffsetDateTime::from(not_before);
-        params.not_after = OffsetDateTime::from(not_after);
+        let params = leaf_params(id, not_before, not_after).map_err(generate_error)?;
         let key = generate_key().map_err(generate_error)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(generate_error)?;
 
@@ -275,6 +273,28 @@ impl CertificateAuthority {
             })
             .unwrap_or_else(|| "ambit".to_owned())
     }
+}
+
+/// The workload leaf profile, shared by [`CertificateAuthority::issue`] and CSR signing so both
+/// paths hand out the same shape of certificate.
+pub(crate) fn leaf_params(
+    id: &SpiffeId,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, rcgen::Error> {
+    let uri = id.to_string().try_into()?;
+    let mut params = CertificateParams::default();
+    // An empty subject, as Istio issues: the identity lives only in the URI SAN, which
+    // rcgen then marks critical as RFC 5280 §4.2.1.6 requires.
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = OffsetDateTime::from(not_before);
+    params.not_after = OffsetDateTime::from(not_after);
+    Ok(params)
 }
 
 fn generate_key() -> Result<KeyPair, rcgen::Error> {

@@ -10,7 +10,7 @@ pub mod spiffe;
 pub mod tls;
 pub mod trust;
 
-pub use ca::{CaError, CertificateAuthority, WorkloadCertificate};
+pub use ca::{CaError, CertificateAuthority, CertificateRequest, CsrError, ServingCertificate, WorkloadCertificate};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tls::{TlsError, client_config, identity_of, peer_identity, server_config, server_name};
 pub use trust::TrustBundle;

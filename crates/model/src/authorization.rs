@@ -5,6 +5,7 @@
 //! field it sets holds. Which policies apply to which workload is decided here too; finding the
 //! destination workload is [`crate::State`]'s job.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -46,6 +47,9 @@ impl AuthorizationPolicy {
                 (self.namespace == workload.namespace || self.namespace == ROOT_NAMESPACE)
                     && workload.matches_selector(selector)
             }
+            PolicyScope::Workloads(names) => names
+                .get(&workload.namespace)
+                .is_some_and(|names| names.contains(&workload.name)),
         }
     }
 
@@ -66,6 +70,9 @@ pub enum PolicyScope {
     Namespace,
     /// Workloads whose labels contain the selector.
     WorkloadSelector(Labels),
+    /// The workloads listed, namespace to pod names. This is how selector policies arrive over
+    /// xDS: the wire carries no labels, each workload names the policies that select it instead.
+    Workloads(BTreeMap<String, BTreeSet<String>>),
 }
 
 /// What a matching policy does.
@@ -326,6 +333,35 @@ mod tests {
         for pattern in ["*", "a*", "*a", "a"] {
             assert_eq!(StringMatch::parse(pattern).to_string(), pattern);
         }
+    }
+
+    #[test]
+    fn listed_workloads_scope_applies_only_to_them() {
+        let workload = |namespace: &str, name: &str| Workload {
+            name: name.into(),
+            namespace: namespace.into(),
+            service_account: "default".into(),
+            node: "n".into(),
+            addresses: Vec::new(),
+            labels: Labels::new(),
+            protocol: crate::Protocol::Hbone,
+            workload_name: name.into(),
+            netns: None,
+            trust_domain: "cluster.local".into(),
+            services: BTreeMap::new(),
+            waypoint: None,
+        };
+        let listed = BTreeMap::from([("a".to_owned(), BTreeSet::from(["x".to_owned()]))]);
+        let policy = AuthorizationPolicy {
+            name: "p".into(),
+            namespace: ROOT_NAMESPACE.into(),
+            scope: PolicyScope::Workloads(listed),
+            action: Action::Deny,
+            rules: Vec::new(),
+        };
+        assert!(policy.applies_to(&workload("a", "x")));
+        assert!(!policy.applies_to(&workload("a", "y")));
+        assert!(!policy.applies_to(&workload("b", "x")));
     }
 
     #[test]

@@ -38,18 +38,33 @@ impl State {
     /// Indexes a config. [`crate::config::parse`] rejects duplicate names and addresses; for a
     /// config built by hand that has some, the first in `namespace/name` order wins the address.
     pub fn from_config(config: LocalConfig) -> Self {
-        let mut workloads: Vec<Arc<Workload>> = config.workloads.into_iter().map(Arc::new).collect();
+        Self::from_parts(
+            config.trust_domain,
+            config.mesh_defaults.peer_authentication,
+            shared(config.workloads),
+            shared(config.services),
+            shared(config.authorization_policies),
+            shared(config.peer_authentications),
+        )
+    }
+
+    /// Indexes parts received from a control plane, like [`State::from_config`] does a file.
+    /// Takes shared items so a client that rebuilds the state on every update clones pointers,
+    /// not workloads. For duplicate addresses the first in `namespace/name` order wins.
+    pub fn from_parts(
+        trust_domain: String,
+        default_mtls_mode: MtlsMode,
+        mut workloads: Vec<Arc<Workload>>,
+        mut services: Vec<Arc<Service>>,
+        mut authorization_policies: Vec<Arc<AuthorizationPolicy>>,
+        mut peer_authentications: Vec<Arc<PeerAuthentication>>,
+    ) -> Self {
         workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let mut services: Vec<Arc<Service>> = config.services.into_iter().map(Arc::new).collect();
         services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let mut authorization_policies: Vec<Arc<AuthorizationPolicy>> =
-            config.authorization_policies.into_iter().map(Arc::new).collect();
         authorization_policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        let mut peer_authentications: Vec<Arc<PeerAuthentication>> =
-            config.peer_authentications.into_iter().map(Arc::new).collect();
         peer_authentications.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
-        let mut workload_by_ip = HashMap::new();
+        let mut workload_by_ip = HashMap::with_capacity(workloads.len());
         for workload in &workloads {
             for ip in &workload.addresses {
                 workload_by_ip
@@ -66,8 +81,8 @@ impl State {
             }
         }
         Self {
-            trust_domain: config.trust_domain,
-            default_mtls_mode: config.mesh_defaults.peer_authentication,
+            trust_domain,
+            default_mtls_mode,
             workloads,
             services,
             authorization_policies,
@@ -75,6 +90,11 @@ impl State {
             workload_by_ip,
             service_by_vip,
         }
+    }
+
+    /// The mTLS mode of workloads no peer authentication policy covers.
+    pub fn default_mtls_mode(&self) -> MtlsMode {
+        self.default_mtls_mode
     }
 
     /// The mesh's trust domain, e.g. `cluster.local`.
@@ -180,6 +200,10 @@ impl State {
             .find_map(|p| p.mode_for_port(port))
             .unwrap_or(self.default_mtls_mode)
     }
+}
+
+fn shared<T>(items: Vec<T>) -> Vec<Arc<T>> {
+    items.into_iter().map(Arc::new).collect()
 }
 
 impl From<LocalConfig> for State {

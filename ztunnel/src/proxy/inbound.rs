@@ -27,10 +27,11 @@ pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, stream: TcpStream, 
         inputs.metrics.refuse(LISTENER, "unknown_destination");
         return;
     };
-    let config = match identity_of(&me)
-        .map_err(|e| e.to_string())
-        .and_then(|id| inputs.certs.server_config(&id).map_err(|e| e.to_string()))
-    {
+    let config = match identity_of(&me) {
+        Ok(id) => inputs.certs.server_config(&id).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             inputs.metrics.refuse(LISTENER, "certificate");

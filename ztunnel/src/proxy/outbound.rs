@@ -179,6 +179,7 @@ async fn tunnel(
     let tls = inputs
         .certs
         .client_config(&source_id, std::slice::from_ref(&destination_id))
+        .await
         .map_err(|e| ("certificate", e.to_string()))?;
     let pod = pod.clone();
     inputs

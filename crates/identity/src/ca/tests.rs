@@ -238,3 +238,124 @@ fn identity_is_the_first_uri_san_that_is_a_spiffe_id() {
         assert_eq!(identity_of(&cert.chain()[0]).expect("identity").to_string(), want);
     }
 }
+
+mod signing_requests {
+    use rustls_pki_types::CertificateSigningRequestDer;
+
+    use super::*;
+
+    #[test]
+    fn csr_round_trip_gives_chain_root_last_and_a_usable_certificate() {
+        let root = CertificateAuthority::generate("cluster.local").expect("root");
+        let intermediate = root
+            .issue_intermediate("ambit intermediate", Duration::from_secs(3600))
+            .expect("intermediate");
+        let id = id("shop", "cart");
+        let request = CertificateRequest::generate(&id).expect("csr");
+        assert!(request.csr_pem().starts_with("-----BEGIN CERTIFICATE REQUEST-----"));
+        let chain = intermediate
+            .sign_request(request.csr_pem(), &id, Duration::from_secs(600))
+            .expect("signed");
+        assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+        let last = CertificateDer::from_pem_slice(chain[2].as_bytes()).expect("root pem");
+        assert_eq!(last, root.root_der());
+        let cert = request.into_certificate(&chain).expect("certificate");
+        assert_eq!(cert.identity(), &id);
+        assert_eq!(cert.chain().len(), 2, "the root is dropped");
+        let lifetime = cert.not_after().duration_since(cert.not_before()).expect("ordered");
+        assert_eq!(lifetime.as_secs(), 600 + CLOCK_SKEW_ALLOWANCE.as_secs());
+        let leaf = parsed(&cert.chain()[0]);
+        let eku = leaf.extended_key_usage().expect("eku").expect("eku").value;
+        assert!(eku.server_auth && eku.client_auth);
+    }
+
+    #[test]
+    fn root_signed_chain_is_leaf_then_root() {
+        let root = CertificateAuthority::generate("cluster.local").expect("root");
+        let id = id("shop", "cart");
+        let request = CertificateRequest::generate(&id).expect("csr");
+        let chain = root
+            .sign_request(request.csr_pem(), &id, Duration::from_secs(60))
+            .expect("signed");
+        assert_eq!(chain.len(), 2);
+        assert_eq!(request.into_certificate(&chain).expect("cert").chain().len(), 1);
+    }
+
+    #[test]
+    fn csr_for_another_identity_is_refused_naming_both() {
+        let ca = CertificateAuthority::generate("cluster.local").expect("ca");
+        let request = CertificateRequest::generate(&id("shop", "cart")).expect("csr");
+        let err = ca
+            .sign_request(request.csr_pem(), &id("shop", "admin"), Duration::from_secs(60))
+            .expect_err("mismatch");
+        let msg = err.to_string();
+        assert!(matches!(err, CsrError::SanMismatch { .. }), "{msg}");
+        assert!(msg.contains("spiffe://cluster.local/ns/shop/sa/cart"), "{msg}");
+        assert!(msg.contains("spiffe://cluster.local/ns/shop/sa/admin"), "{msg}");
+    }
+
+    #[test]
+    fn csr_with_extra_sans_or_a_bad_signature_is_refused() {
+        let ca = CertificateAuthority::generate("cluster.local").expect("ca");
+        let wanted = id("shop", "cart");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["evil.example".to_owned()]).expect("params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(wanted.to_string().try_into().expect("uri")));
+        let pem = params.serialize_request(&key).expect("csr").pem().expect("pem");
+        let err = ca
+            .sign_request(&pem, &wanted, Duration::from_secs(60))
+            .expect_err("extra SAN");
+        assert!(err.to_string().contains("evil.example"), "{err}");
+
+        let good = CertificateRequest::generate(&wanted).expect("csr");
+        let mut der = CertificateSigningRequestDer::from_pem_slice(good.csr_pem().as_bytes())
+            .expect("der")
+            .as_ref()
+            .to_vec();
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        let tampered = der_to_pem("CERTIFICATE REQUEST", &der);
+        let err = ca
+            .sign_request(&tampered, &wanted, Duration::from_secs(60))
+            .expect_err("tampered");
+        assert!(
+            matches!(err, CsrError::Signature { .. } | CsrError::Parse { .. }),
+            "{err}"
+        );
+        let err = ca
+            .sign_request("not pem", &wanted, Duration::from_secs(60))
+            .expect_err("garbage");
+        assert!(matches!(err, CsrError::Pem { .. }), "{err}");
+    }
+
+    #[test]
+    fn answer_for_another_identity_is_refused() {
+        let ca = CertificateAuthority::generate("cluster.local").expect("ca");
+        let other = CertificateRequest::generate(&id("shop", "admin")).expect("csr");
+        let chain = ca
+            .sign_request(other.csr_pem(), &id("shop", "admin"), Duration::from_secs(60))
+            .expect("signed");
+        let mine = CertificateRequest::generate(&id("shop", "cart")).expect("csr");
+        let err = mine.into_certificate(&chain).expect_err("wrong identity");
+        assert!(matches!(err, CsrError::WrongIdentity { .. }), "{err}");
+        let empty = CertificateRequest::generate(&id("shop", "cart")).expect("csr");
+        assert!(matches!(empty.into_certificate(&[]), Err(CsrError::EmptyChain { .. })));
+    }
+
+    #[test]
+    fn serving_certificate_names_its_dns_names() {
+        let ca = CertificateAuthority::generate("cluster.local").expect("ca");
+        let serving = ca
+            .issue_serving(&["ambit-operator.ambit-system.svc".to_owned()], Duration::from_secs(60))
+            .expect("serving");
+        let der = CertificateDer::from_pem_slice(serving.chain_pem.as_bytes()).expect("pem");
+        let cert = parsed(&der);
+        let san = cert.subject_alternative_name().expect("san").expect("san").value;
+        assert!(matches!(
+            san.general_names[0],
+            GeneralName::DNSName("ambit-operator.ambit-system.svc")
+        ));
+    }
+}

@@ -73,7 +73,7 @@ impl WorkloadCertificate {
 
     /// A key that does not match the leaf would only show up as a failed handshake on the
     /// peer's side; say so at load time instead.
-    fn check_key_matches(&self) -> Result<(), CaError> {
+    pub(super) fn check_key_matches(&self) -> Result<(), CaError> {
         let provider = tls::provider();
         let signing_key = provider
             .key_provider

@@ -1,7 +1,8 @@
-//! The off-data-path HTTP endpoints: admin (`/config_dump`, localhost only), metrics
-//! (`/metrics`, `/stats/prometheus`) and readiness (`/healthz/ready`). Plain HTTP/1.1 on hyper.
+//! What every Ambit binary shares for being observed: logging set-up, and the small HTTP/1.1
+//! server behind the admin, metrics and health endpoints (off the data path). What the endpoints
+//! say is each binary's business.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, io::IsTerminal as _, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,11 +14,22 @@ use tokio_util::sync::CancellationToken;
 /// A request handler: path in, (status, content type, body) out.
 pub type Route = Arc<dyn Fn(&str) -> (StatusCode, &'static str, String) + Send + Sync>;
 
-/// Binds `addr` now (so a port clash fails start-up) and serves `route` until `stop`.
+/// Logs to stderr, filtered by the `RUST_LOG`-style directives in environment variable
+/// `filter_var` (default `info`), coloured only on a terminal.
+pub fn init_logging(filter_var: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env(filter_var).unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Binds `addr` now, so that a port clash fails start-up rather than a background task.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Serves `route` on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, route: Route, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
@@ -25,7 +37,7 @@ pub async fn serve(listener: TcpListener, route: Route, stop: CancellationToken)
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
+                    tracing::warn!(error = %e, "endpoint accept failed");
                     continue;
                 }
             },
@@ -51,6 +63,7 @@ pub async fn serve(listener: TcpListener, route: Route, stop: CancellationToken)
     }
 }
 
+/// The 404 answer for an unknown path.
 pub fn not_found(path: &str) -> (StatusCode, &'static str, String) {
     (
         StatusCode::NOT_FOUND,
