@@ -130,12 +130,8 @@ impl Operator {
         );
         registry.register("workloads", "Workloads in the index", metrics.workloads.clone());
 
-        let client = match config.source {
-            Source::Kubernetes => Some(
-                kube::Client::try_default()
-                    .await
-                    .map_err(|e| StartError::KubeConfig(e.to_string()))?,
-            ),
+        let client = match &config.source {
+            Source::Kubernetes { kubeconfig } => Some(kube_client(kubeconfig.as_deref()).await?),
             Source::Directory { .. } => None,
         };
         let ca = Arc::new(match (&config.supplied_ca, &client) {
@@ -189,7 +185,7 @@ impl Operator {
         let (status_tx, status_rx) = mpsc::unbounded_channel::<Vec<StatusUpdate>>();
         let (namespaces_tx, namespaces_rx) = mpsc::unbounded_channel::<String>();
         let expected_syncs = match (&config.source, &client) {
-            (Source::Kubernetes, Some(client)) => {
+            (Source::Kubernetes { .. }, Some(client)) => {
                 objects::watch_all(client, &events_tx, &stop);
                 tasks.push(tokio::spawn(leader::run(
                     kube::Api::<Lease>::namespaced(client.clone(), &config.namespace),
@@ -235,7 +231,7 @@ impl Operator {
                 drop((status_rx, namespaces_rx, leading_tx));
                 1
             }
-            (Source::Kubernetes, None) => unreachable_local_without_tokens(),
+            (Source::Kubernetes { .. }, None) => unreachable_local_without_tokens(),
         };
         drop(events_tx);
         let synced = Arc::new(AtomicBool::new(false));
@@ -330,6 +326,21 @@ impl Operator {
             let _ = task.await;
         }
     }
+}
+
+/// A client from `kubeconfig`, else the in-cluster config or `KUBECONFIG`.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, StartError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| StartError::KubeConfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| StartError::KubeConfig(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| StartError::KubeConfig(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(StartError::Kube)
 }
 
 /// `Config` refuses a manifest directory without bootstrap tokens and Kubernetes mode always has

@@ -17,6 +17,10 @@ pub struct Args {
     /// watched for changes, instead of a Kubernetes API server.
     #[arg(long, env = "AMBIT_OPERATOR_MANIFESTS")]
     pub manifests: Option<PathBuf>,
+    /// Kubernetes mode: a kubeconfig file to use instead of the in-cluster config or
+    /// `KUBECONFIG`.
+    #[arg(long, env = "AMBIT_OPERATOR_KUBECONFIG", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
     /// How often the manifest directory is rescanned.
     #[arg(long, env = "AMBIT_OPERATOR_MANIFEST_POLL", default_value = "500ms", value_parser = parse_duration)]
     pub manifest_poll: Duration,
@@ -114,8 +118,8 @@ fn default_identity() -> String {
 /// Where the cluster state comes from.
 #[derive(Clone, Debug)]
 pub enum Source {
-    /// The Kubernetes API (in-cluster config, or `KUBECONFIG`).
-    Kubernetes,
+    /// The Kubernetes API: from this kubeconfig file, else in-cluster config or `KUBECONFIG`.
+    Kubernetes { kubeconfig: Option<PathBuf> },
     /// A local directory of manifests, rescanned every `poll`.
     Directory { path: PathBuf, poll: Duration },
 }
@@ -174,7 +178,9 @@ impl TryFrom<Args> for Config {
                     poll: a.manifest_poll,
                 }
             }
-            None => Source::Kubernetes,
+            None => Source::Kubernetes {
+                kubeconfig: a.kubeconfig,
+            },
         };
         ambit_identity::spiffe::validate_trust_domain(&a.trust_domain)
             .map_err(|e| ConfigError(format!("--trust-domain {:?}: {e}", a.trust_domain)))?;
@@ -234,7 +240,7 @@ mod tests {
     #[test]
     fn kubernetes_is_the_default_source() {
         let config = parse(&[]).expect("defaults");
-        assert!(matches!(config.source, Source::Kubernetes));
+        assert!(matches!(config.source, Source::Kubernetes { kubeconfig: None }));
         assert_eq!(config.grpc_addr.port(), 15012);
         assert_eq!(config.cert_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(
