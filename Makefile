@@ -3,9 +3,11 @@
 
 CARGO ?= cargo
 APT_PACKAGES := iproute2 nftables tcpdump openssl
+# kubectl drives the operator's tests against the in-memory API server (crates/kube-emulator).
+KUBECTL_PACKAGE := kubernetes-client
 BENCH_PACKAGES := iperf3 haproxy util-linux
 
-.PHONY: deps bench-deps build demo test lint bench fmt fuzz-smoke
+.PHONY: deps bench-deps build demo test lint bench fmt fuzz-smoke crds
 
 # Installs the Debian packages in $(1) that are missing.
 define apt_install
@@ -19,6 +21,8 @@ endef
 # What the tests and the demo need.
 deps:
 	$(call apt_install,$(APT_PACKAGES))
+	@command -v kubectl >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(KUBECTL_PACKAGE); }
 	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
 bench-deps: deps
@@ -41,6 +45,10 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+# Regenerates crds/*.yaml from the Rust types; `make test` fails while they differ.
+crds:
+	$(CARGO) run -q -p ambit-crds --bin crdgen
 
 # Throughput, latency, connection rate and memory against the direct path, same run.
 bench: bench-deps build
