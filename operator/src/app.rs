@@ -338,7 +338,9 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Clien
                 .await
                 .map_err(|e| StartError::KubeConfig(format!("{}: {e}", path.display())))?
         }
-        None => kube::Config::infer().await.map_err(|e| StartError::KubeConfig(e.to_string()))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| StartError::KubeConfig(e.to_string()))?,
     };
     kube::Client::try_from(config).map_err(StartError::Kube)
 }

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -177,11 +177,11 @@ impl Ztunnel {
 
         let pods = Arc::new(Mutex::new(Pods::default()));
         let ready = Arc::new(AtomicBool::new(false));
-        reconcile(&inputs, &config.node, &pods, &ready);
+        reconcile(&inputs, &config, &pods, &ready);
 
         tokio::spawn(reconcile_loop(
             inputs.clone(),
-            config.node.clone(),
+            config.clone(),
             pods.clone(),
             ready.clone(),
             rx,
@@ -231,12 +231,40 @@ impl Ztunnel {
     }
 }
 
-fn reconcile(inputs: &Arc<ProxyInputs>, node: &str, pods: &Mutex<Pods>, ready: &AtomicBool) {
+/// Reads the `--pod-netns-map` file (`<namespace>/<pod>: /run/netns/NAME`), the stand-in for
+/// the pod netns paths the CNI will hand over (ZDS) and xDS does not carry. An unreadable file
+/// counts as empty, with a warning: its pods then show as not captured.
+fn pod_netns_map(path: &Path) -> BTreeMap<String, PathBuf> {
+    let parsed = std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| serde_norway::from_str::<Option<BTreeMap<String, PathBuf>>>(&text).map_err(|e| e.to_string()));
+    parsed
+        .unwrap_or_else(|error| {
+            tracing::warn!(path = %path.display(), %error, "cannot read the pod netns map");
+            None
+        })
+        .unwrap_or_default()
+}
+
+fn reconcile(inputs: &Arc<ProxyInputs>, config: &Config, pods: &Mutex<Pods>, ready: &AtomicBool) {
+    let node = config.node.as_str();
     let state = inputs.state();
+    let netns_map = config.pod_netns_map.as_deref().map(|path| (path, pod_netns_map(path)));
+    // With a netns map, a pod of this node it does not list is one ztunnel should capture but
+    // cannot yet: reported (and retried) rather than skipped.
+    let mut unmapped = BTreeMap::new();
     let desired: BTreeMap<String, (PodSpec, Arc<ambit_model::Workload>)> = state
         .workloads_on_node(node)
         .filter_map(|w| {
-            let netns = w.netns.clone()?;
+            let netns = w.netns.clone().or_else(|| {
+                let (path, map) = netns_map.as_ref()?;
+                let found = map.get(&w.key()).cloned();
+                if found.is_none() {
+                    let reason = format!("no network namespace for pod {} in {}", w.key(), path.display());
+                    unmapped.insert(w.key(), reason);
+                }
+                found
+            })?;
             Some((
                 w.key(),
                 (
@@ -267,7 +295,7 @@ fn reconcile(inputs: &Arc<ProxyInputs>, node: &str, pods: &Mutex<Pods>, ready: &
         }
         keep
     });
-    pods.failed.clear();
+    pods.failed = unmapped;
     for (key, (spec, workload)) in desired {
         if pods.running.contains_key(&key) {
             continue;
@@ -287,7 +315,7 @@ fn reconcile(inputs: &Arc<ProxyInputs>, node: &str, pods: &Mutex<Pods>, ready: &
 
 async fn reconcile_loop(
     inputs: Arc<ProxyInputs>,
-    node: String,
+    config: Config,
     pods: Arc<Mutex<Pods>>,
     ready: Arc<AtomicBool>,
     mut rx: watch::Receiver<Arc<State>>,
@@ -301,7 +329,7 @@ async fn reconcile_loop(
             changed = rx.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(1)), if retry => {}
         }
-        reconcile(&inputs, &node, &pods, &ready);
+        reconcile(&inputs, &config, &pods, &ready);
     }
 }
 

@@ -76,6 +76,11 @@ pub struct Args {
     /// HBONE connections with no open stream for this long are closed.
     #[arg(long, env = "AMBIT_ZTUNNEL_POOL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub pool_idle_timeout: Duration,
+    /// Stand-in until the CNI hands pods over (ZDS): a YAML file mapping `<namespace>/<pod>` to
+    /// the pod's network namespace path (`/run/netns/NAME`), for workloads whose source gives
+    /// none (xDS never does). Read again on every reconcile, so add a pod's entry before the pod.
+    #[arg(long, env = "AMBIT_ZTUNNEL_POD_NETNS_MAP")]
+    pub pod_netns_map: Option<PathBuf>,
     /// Tokio worker threads. One avoids the cross-thread wakeups that dominate a small node's
     /// per-request cost; raise it where one core cannot carry the node's traffic.
     #[arg(long, env = "AMBIT_ZTUNNEL_WORKER_THREADS", default_value_t = 1)]
@@ -128,6 +133,8 @@ pub struct Config {
     pub readiness_addr: SocketAddr,
     pub drain_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// `--pod-netns-map`: pod netns paths the config source does not carry (pre-ZDS stand-in).
+    pub pod_netns_map: Option<PathBuf>,
     pub worker_threads: usize,
 }
 
@@ -185,6 +192,7 @@ impl TryFrom<Args> for Config {
             readiness_addr: a.readiness_addr,
             drain_timeout: a.drain_timeout,
             pool_idle_timeout: a.pool_idle_timeout,
+            pod_netns_map: a.pod_netns_map,
             worker_threads: a.worker_threads.max(1),
         })
     }

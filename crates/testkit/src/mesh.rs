@@ -1,5 +1,6 @@
 //! Running the real `ztunnel` binary on a [`Network`]: a throwaway CA, the local config file
-//! (workloads, services, policies), one process per node, readiness, metrics and memory. The
+//! (workloads, services, policies), one process per node, readiness, metrics and memory; or the
+//! real `ambit-operator` on a node, serving xDS and certificates to ztunnels in operator mode. The
 //! config types here only *write* ztunnel's YAML; parsing it is ztunnel's (and the model's) job.
 
 use std::{
@@ -211,6 +212,191 @@ impl Network {
             process,
         })
     }
+}
+
+/// The operator's gRPC port (xDS and CA).
+pub const OPERATOR_GRPC_PORT: u16 = 15012;
+/// The operator's monitoring port (`/metrics`, `/readyz`).
+pub const OPERATOR_MONITORING_PORT: u16 = 15014;
+/// A DNS name in the operator's serving certificate (its default), which ztunnels verify.
+pub const OPERATOR_SERVER_NAME: &str = "ambit-operator.ambit-system.svc";
+
+/// What `ambit-operator` needs in local (manifest directory) mode.
+#[derive(Clone, Debug)]
+pub struct OperatorFiles {
+    pub binary: PathBuf,
+    /// The watched directory of Kubernetes YAML.
+    pub manifests: PathBuf,
+    /// The bootstrap token YAML that authenticates ztunnels.
+    pub bootstrap_tokens: PathBuf,
+    /// Where the operator generates its CA and writes `root-cert.pem`.
+    pub state_dir: PathBuf,
+}
+
+/// One running operator, in a node's namespace, serving on that node's underlay address so
+/// every node reaches it over the underlay bridge.
+#[derive(Clone, Debug)]
+pub struct Operator {
+    pub node: Node,
+    pub process: ProcessHandle,
+    pub grpc_addr: SocketAddr,
+    pub monitoring_addr: SocketAddr,
+    /// The mesh root the operator publishes (`<state dir>/root-cert.pem`).
+    pub root_cert: PathBuf,
+}
+
+/// What ztunnel needs to run against an operator.
+#[derive(Clone, Debug)]
+pub struct XdsZtunnelFiles {
+    pub binary: PathBuf,
+    /// `https://IP:PORT` of the operator.
+    pub xds_address: String,
+    pub token_file: PathBuf,
+    pub root_cert: PathBuf,
+    /// ztunnel's `--pod-netns-map`: `<namespace>/<pod>: /run/netns/NAME` (xDS carries no netns).
+    pub pod_netns_map: PathBuf,
+}
+
+impl Network {
+    /// Starts `ambit-operator --manifests ..` (plus `extra_args`) in `node`'s namespace, gRPC and
+    /// monitoring on the node's underlay address. Call [`Operator::wait_ready`] next.
+    pub fn spawn_operator(
+        &mut self,
+        node: &Node,
+        files: &OperatorFiles,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Operator> {
+        let grpc_addr = SocketAddr::from((node.underlay_ip, OPERATOR_GRPC_PORT));
+        let monitoring_addr = SocketAddr::from((node.underlay_ip, OPERATOR_MONITORING_PORT));
+        let mut cmd = Command::new(&files.binary);
+        cmd.arg("--manifests")
+            .arg(&files.manifests)
+            .arg("--bootstrap-tokens")
+            .arg(&files.bootstrap_tokens)
+            .arg("--state-dir")
+            .arg(&files.state_dir)
+            .args(["--grpc-addr", &grpc_addr.to_string()])
+            .args(["--monitoring-addr", &monitoring_addr.to_string()])
+            .args(["--pod-name", &format!("operator-{}", node.name)])
+            .args(extra_args);
+        let process = self.spawn(&node.netns, cmd)?;
+        Ok(Operator {
+            node: node.clone(),
+            process,
+            grpc_addr,
+            monitoring_addr,
+            root_cert: files.state_dir.join("root-cert.pem"),
+        })
+    }
+
+    /// Starts ztunnel in operator mode (`--xds-address`, certificates from the operator's CA) in
+    /// `node`'s namespace, with the default admin/metrics/readiness addresses.
+    pub fn spawn_xds_ztunnel(
+        &mut self,
+        node: &Node,
+        files: &XdsZtunnelFiles,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Ztunnel> {
+        let mut cmd = Command::new(&files.binary);
+        cmd.args(["--xds-address", &files.xds_address])
+            .arg("--token-file")
+            .arg(&files.token_file)
+            .arg("--root-cert")
+            .arg(&files.root_cert)
+            .args(["--operator-server-name", OPERATOR_SERVER_NAME])
+            .arg("--pod-netns-map")
+            .arg(&files.pod_netns_map)
+            .args(["--node", &node.name])
+            .args(["--admin-addr", &ADMIN_ADDR.to_string()])
+            .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
+            .args(["--readiness-addr", &format!("0.0.0.0:{READINESS_PORT}")])
+            .args(extra_args);
+        let process = self.spawn(&node.netns, cmd)?;
+        Ok(Ztunnel {
+            node: node.clone(),
+            process,
+        })
+    }
+}
+
+impl Operator {
+    /// `https://IP:PORT`, ztunnel's `--xds-address`.
+    pub fn xds_address(&self) -> String {
+        format!("https://{}", self.grpc_addr)
+    }
+
+    /// Waits for `GET /readyz` = 200 (the manifests are read and xDS is served) and for the
+    /// published root; on failure the error carries the log tail.
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let result =
+            http::wait_for_http_ok(&self.node.netns, self.monitoring_addr, "/readyz", timeout).and_then(|()| {
+                anyhow::ensure!(self.root_cert.is_file(), "no {}", self.root_cert.display());
+                Ok(())
+            });
+        if let Err(e) = result {
+            let state = match self.process.try_wait() {
+                Ok(Some(status)) => format!("ambit-operator exited ({status})"),
+                _ => "ambit-operator is running".to_owned(),
+            };
+            bail!(
+                "ambit-operator on {} not ready: {e:#}\n{state}; log {}:\n{}",
+                self.node.name,
+                self.process.log_path().display(),
+                self.process.log_tail(40)
+            );
+        }
+        Ok(())
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        match http::http_get(&self.node.netns, self.monitoring_addr, "/metrics")? {
+            (200, body) => Ok(body),
+            (status, body) => bail!("ambit-operator answered /metrics with {status}: {}", body.trim()),
+        }
+    }
+}
+
+/// The `ambit-operator` binary in the target directory of the running test executable, built
+/// first if missing or stale. Cargo builds no binaries of (dev-)dependencies and sets
+/// `CARGO_BIN_EXE_*` only for the package's own, so this asks the cargo that built this crate to
+/// build it into the same target directory and profile (a no-op when up to date; the
+/// `ambit-operator` dev-dependency has already compiled everything but `main.rs`).
+pub fn operator_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("current executable")?;
+    // <target>/<profile dir>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("{} is not in <target>/<profile>/deps", exe.display()))?;
+    let target = profile_dir.parent().context("target directory")?;
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "ambit-operator", "--bin", "ambit-operator"])
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let output = cmd.output().with_context(|| format!("cannot run {}", env!("CARGO")))?;
+    if !output.status.success() {
+        bail!(
+            "cargo build -p ambit-operator ({}) failed: {}\n{}",
+            output.status,
+            target.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let binary = profile_dir.join("ambit-operator");
+    anyhow::ensure!(binary.is_file(), "cargo built no {}", binary.display());
+    Ok(binary)
 }
 
 impl Ztunnel {

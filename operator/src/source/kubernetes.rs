@@ -96,6 +96,25 @@ pub async fn watch<K, T>(
                 known.remove(&key);
                 out.push(Event::Change(Change::Remove(key)));
             }
+            // The kind is not served (an optional CRD, e.g. Gateway API, not installed): there
+            // are no such objects, so the view of it is complete and empty. Without this the
+            // operator would never sync and never serve xDS. The backoff keeps retrying, so
+            // objects show up once the CRD is installed.
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+                for key in std::mem::take(&mut known).into_keys() {
+                    out.push(Event::Change(Change::Remove(key)));
+                }
+                if !synced {
+                    synced = true;
+                    tracing::info!(
+                        kind,
+                        "not served by the API server (CRD not installed?); none indexed until it is"
+                    );
+                    out.push(Event::Synced(kind));
+                } else {
+                    tracing::debug!(kind, "still not served by the API server");
+                }
+            }
             // The backoff retries; say why the view of this kind may be stale meanwhile.
             Err(e) => tracing::warn!(kind, error = %e, "watch failed; retrying"),
         }

@@ -2,6 +2,7 @@
 //! rules, one real ztunnel process per node. These tests fail (never skip) without root.
 
 mod harness;
+mod operator;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

@@ -1,0 +1,498 @@
+//! ztunnel in operator mode, as root, with real processes: `ambit-operator` runs in node1's
+//! namespace on its underlay address (172.30.0.1) and serves workload xDS and certificates from a
+//! directory of Kubernetes manifests; one ztunnel per node gets everything from it. Pods are
+//! described only as Kubernetes objects; their netns paths come from ztunnel's
+//! `--pod-netns-map`, the stand-in until the CNI hands pods over (ZDS).
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use ambit_testkit::{
+    Network, Node, Pod,
+    mesh::{self, Operator, OperatorFiles, XdsZtunnelFiles, Ztunnel},
+    pcap_contains, pcap_tls_records,
+};
+use anyhow::Context as _;
+
+use crate::harness::{ECHO_PORT, VIP, echo_fails, echo_roundtrip, metric, payload, start_echo, wait_until};
+
+const NAMESPACE: &str = "default";
+const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+const ECHO: &str = "spiffe://cluster.local/ns/default/sa/echo";
+
+/// node1: operator, ztunnel, `client` (sa `sleep`, app `sleep`); node2: ztunnel, `server`
+/// (sa `echo`, app `echo`, behind Service `echo` = 10.96.0.10:80). Both pods run an echo server
+/// on 8080, so traffic can be opened either way.
+struct OperatorMesh {
+    net: Network,
+    node1: Node,
+    node2: Node,
+    client: Pod,
+    server: Pod,
+    operator: Operator,
+    z1: Ztunnel,
+    z2: Ztunnel,
+    manifests: PathBuf,
+    netns_map: PathBuf,
+    netns_entries: BTreeMap<String, PathBuf>,
+}
+
+impl OperatorMesh {
+    /// Everything up and ready; `cert_ttl` goes to the operator (`--cert-ttl`, `--max-cert-ttl`)
+    /// and to both ztunnels (`--cert-ttl`).
+    fn start(name: &str, cert_ttl: &str) -> anyhow::Result<OperatorMesh> {
+        let mut net = Network::new(name)?;
+        let node1 = net.add_node("node1")?;
+        let node2 = net.add_node("node2")?;
+        let client = net.add_pod(&node1, "client")?;
+        let server = net.add_pod(&node2, "server")?;
+        client.install_capture()?;
+        server.install_capture()?;
+        start_echo(&server, ECHO_PORT)?;
+        start_echo(&client, ECHO_PORT)?;
+
+        let dir = net.log_dir().to_owned();
+        let manifests = dir.join("manifests");
+        let state_dir = dir.join("operator-state");
+        std::fs::create_dir_all(&manifests)?;
+        std::fs::create_dir_all(&state_dir)?;
+        let mut tokens = String::from("tokens:\n");
+        for node in [&node1, &node2] {
+            let token = format!("bootstrap-token-{}-{}", node.name, std::process::id());
+            tokens.push_str(&format!(
+                "  - {{token: {token}, namespace: ambit-system, serviceAccount: ztunnel, node: {}}}\n",
+                node.name
+            ));
+            write(&dir.join(format!("{}.token", node.name)), &token)?;
+        }
+        let bootstrap_tokens = dir.join("bootstrap-tokens.yaml");
+        write(&bootstrap_tokens, &tokens)?;
+
+        write(&manifests.join("00-namespace.yaml"), &namespace_manifest(NAMESPACE))?;
+        write(
+            &manifests.join("10-client.yaml"),
+            &pod_manifest(&client, NAMESPACE, "sleep", "sleep"),
+        )?;
+        write(
+            &manifests.join("10-server.yaml"),
+            &pod_manifest(&server, NAMESPACE, "echo", "echo"),
+        )?;
+        write(
+            &manifests.join("20-service.yaml"),
+            &service_manifest("echo", VIP, "echo"),
+        )?;
+        let netns_map = dir.join("pod-netns.yaml");
+        let netns_entries = BTreeMap::from([
+            (format!("{NAMESPACE}/client"), client.netns.path()),
+            (format!("{NAMESPACE}/server"), server.netns.path()),
+        ]);
+        write_netns_map(&netns_map, &netns_entries)?;
+
+        let operator_files = OperatorFiles {
+            binary: mesh::operator_binary()?,
+            manifests: manifests.clone(),
+            bootstrap_tokens,
+            state_dir,
+        };
+        let operator = net.spawn_operator(
+            &node1,
+            &operator_files,
+            &[
+                "--cert-ttl",
+                cert_ttl,
+                "--max-cert-ttl",
+                cert_ttl,
+                "--manifest-poll",
+                "100ms",
+            ],
+        )?;
+        operator.wait_ready(Duration::from_secs(30))?;
+
+        let ztunnel_args = ["--cert-ttl", cert_ttl, "--drain-timeout", "1s"];
+        let mut spawn_ztunnel = |node: &Node| {
+            let files = XdsZtunnelFiles {
+                binary: PathBuf::from(env!("CARGO_BIN_EXE_ztunnel")),
+                xds_address: operator.xds_address(),
+                token_file: dir.join(format!("{}.token", node.name)),
+                root_cert: operator.root_cert.clone(),
+                pod_netns_map: netns_map.clone(),
+            };
+            net.spawn_xds_ztunnel(node, &files, &ztunnel_args)
+        };
+        let z1 = spawn_ztunnel(&node1)?;
+        let z2 = spawn_ztunnel(&node2)?;
+        z1.wait_ready(Duration::from_secs(20))?;
+        z2.wait_ready(Duration::from_secs(20))?;
+        Ok(OperatorMesh {
+            net,
+            node1,
+            node2,
+            client,
+            server,
+            operator,
+            z1,
+            z2,
+            manifests,
+            netns_map,
+            netns_entries,
+        })
+    }
+
+    fn server_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.server.ip, ECHO_PORT))
+    }
+}
+
+fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
+    // Temp file + rename: the operator and ztunnel poll these and must never read half a file.
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+}
+
+fn write_netns_map(path: &Path, entries: &BTreeMap<String, PathBuf>) -> anyhow::Result<()> {
+    write(path, &serde_norway::to_string(entries)?)
+}
+
+fn namespace_manifest(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    ambit.dev/dataplane-mode: ambient\n"
+    )
+}
+
+fn pod_manifest(pod: &Pod, namespace: &str, service_account: &str, app: &str) -> String {
+    let (name, ip, node) = (&pod.name, pod.ip, &pod.node);
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {namespace}
+  uid: uid-{name}
+  labels:
+    app: {app}
+spec:
+  nodeName: {node}
+  serviceAccountName: {service_account}
+  containers:
+    - name: app
+      image: example.invalid/{app}
+      ports:
+        - containerPort: {ECHO_PORT}
+status:
+  phase: Running
+  podIP: {ip}
+  podIPs:
+    - ip: {ip}
+"
+    )
+}
+
+fn service_manifest(name: &str, vip: Ipv4Addr, app: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: {NAMESPACE}
+spec:
+  clusterIP: {vip}
+  clusterIPs: [{vip}]
+  selector:
+    app: {app}
+  ports:
+    - name: tcp
+      protocol: TCP
+      port: 80
+      targetPort: {ECHO_PORT}
+"
+    )
+}
+
+fn deny_manifest(name: &str, principal: &str) -> String {
+    format!(
+        "apiVersion: ambit.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata:
+  name: {name}
+  namespace: {NAMESPACE}
+spec:
+  action: DENY
+  rules:
+    - from:
+        - source:
+            principals: [\"{principal}\"]
+"
+    )
+}
+
+/// Sum of the samples of every metric whose name ends with `suffix` (the operator's registry
+/// prefixes its names).
+fn metric_ending(text: &str, suffix: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            name.ends_with(suffix).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// `(identity, not_after)` of every certificate ztunnel holds, from `/config_dump`.
+fn certificates(z: &Ztunnel) -> anyhow::Result<BTreeMap<String, String>> {
+    let dump: serde_json::Value = serde_json::from_str(&z.config_dump()?)?;
+    let list = dump["certificates"]
+        .as_array()
+        .with_context(|| format!("no certificates list in {dump}"))?;
+    Ok(list
+        .iter()
+        .filter_map(|c| Some((c["identity"].as_str()?.to_owned(), c["not_after"].as_str()?.to_owned())))
+        .collect())
+}
+
+/// Whether `pod` of `z`'s node is listed as captured in its `/config_dump`.
+fn captured(z: &Ztunnel, key: &str) -> anyhow::Result<bool> {
+    let dump: serde_json::Value = serde_json::from_str(&z.config_dump()?)?;
+    Ok(dump["capturedPods"]
+        .as_array()
+        .is_some_and(|pods| pods.iter().any(|p| p["workload"] == key)))
+}
+
+fn echo_once(stream: &mut TcpStream, msg: &[u8]) -> anyhow::Result<()> {
+    stream.write_all(msg)?;
+    let mut buf = vec![0; msg.len()];
+    stream.read_exact(&mut buf)?;
+    anyhow::ensure!(buf == msg, "echo mismatch: sent {msg:?}, got {buf:?}");
+    Ok(())
+}
+
+#[test]
+fn operator_mode_carries_mtls_both_ways_with_identities_from_the_operator_ca() -> anyhow::Result<()> {
+    let mesh = OperatorMesh::start("opflows", "1h")?;
+    let marker = b"AMBIT-OPERATOR-PLAINTEXT-9c1e";
+    let data = payload(4 << 20, marker);
+    let capture = mesh.node1.capture("eth0")?;
+
+    let echoed = echo_roundtrip(mesh.client.tcp_connect(mesh.server_addr())?, &data)?;
+    assert!(
+        echoed == data,
+        "client → server: echoed {} of {} bytes",
+        echoed.len(),
+        data.len()
+    );
+    let client_addr = SocketAddr::from((mesh.client.ip, ECHO_PORT));
+    let echoed = echo_roundtrip(mesh.server.tcp_connect(client_addr)?, &data)?;
+    assert!(
+        echoed == data,
+        "server → client: echoed {} of {} bytes",
+        echoed.len(),
+        data.len()
+    );
+    let small = payload(64 << 10, marker);
+    let echoed = echo_roundtrip(mesh.client.tcp_connect(SocketAddr::from((VIP, 80)))?, &small)?;
+    assert!(
+        echoed == small,
+        "service VIP: echoed {} of {} bytes",
+        echoed.len(),
+        small.len()
+    );
+
+    let pcap = capture.stop()?;
+    assert!(
+        !pcap_contains(&pcap, marker),
+        "application bytes visible between the nodes"
+    );
+    let records = pcap_tls_records(&pcap);
+    assert!(records > 100, "expected TLS records on the wire, saw {records}");
+
+    // Destination side of client → server, source side of server → client, on node2.
+    let into_server = [("reporter", "destination"), ("source_principal", SLEEP)];
+    wait_until(Duration::from_secs(5), || {
+        Ok(metric(&mesh.z2.metrics()?, "istio_tcp_connections_closed_total", &into_server) >= 2.0)
+    })?;
+    let m2 = mesh.z2.metrics()?;
+    assert!(
+        metric(&m2, "istio_tcp_connections_opened_total", &into_server) >= 2.0,
+        "{m2}"
+    );
+    assert!(
+        metric(&m2, "istio_tcp_sent_bytes_total", &into_server) >= (data.len() + small.len()) as f64,
+        "{m2}"
+    );
+    let out_of_server = [
+        ("reporter", "source"),
+        ("destination_principal", SLEEP),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert!(
+        metric(&m2, "istio_tcp_connections_opened_total", &out_of_server) >= 1.0,
+        "{m2}"
+    );
+    let m1 = mesh.z1.metrics()?;
+    let out_of_client = [
+        ("reporter", "source"),
+        ("destination_principal", ECHO),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert!(
+        metric(&m1, "istio_tcp_connections_opened_total", &out_of_client) >= 2.0,
+        "{m1}"
+    );
+    assert!(
+        metric(
+            &m1,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "destination"), ("source_principal", ECHO)]
+        ) >= 1.0,
+        "{m1}"
+    );
+    assert!(
+        metric(
+            &m1,
+            "istio_tcp_connections_opened_total",
+            &[("destination_service", "echo.default.svc.cluster.local")]
+        ) >= 1.0,
+        "{m1}"
+    );
+
+    // The certificates are the operator's: ztunnel has no CA of its own here, trusts only the
+    // operator's root-cert.pem, and the operator counts what it signed.
+    let c1 = certificates(&mesh.z1)?;
+    let c2 = certificates(&mesh.z2)?;
+    assert!(
+        c1.contains_key(SLEEP) && !c1.contains_key(ECHO),
+        "node1 certificates: {c1:?}"
+    );
+    assert!(
+        c2.contains_key(ECHO) && !c2.contains_key(SLEEP),
+        "node2 certificates: {c2:?}"
+    );
+    let issued = metric_ending(&mesh.operator.metrics()?, "ca_certificates_issued_total");
+    assert!(issued >= 2.0, "the operator's CA signed {issued} certificates");
+    Ok(())
+}
+
+#[test]
+fn operator_manifest_changes_apply_live_to_policies_and_pods() -> anyhow::Result<()> {
+    let mut mesh = OperatorMesh::start("oplive", "1h")?;
+    let addr = mesh.server_addr();
+    assert_eq!(echo_roundtrip(mesh.client.tcp_connect(addr)?, b"before")?, b"before");
+
+    let policy = mesh.manifests.join("50-deny-sleep.yaml");
+    write(&policy, &deny_manifest("deny-sleep", &SLEEP["spiffe://".len()..]))?;
+    wait_until(Duration::from_secs(10), || Ok(echo_fails(&mesh.client, addr)))
+        .context("the DENY policy never took effect")?;
+    let m2 = mesh.z2.metrics()?;
+    assert!(
+        metric(
+            &m2,
+            "ambit_connections_refused_total",
+            &[("listener", "inbound_hbone"), ("reason", "policy_denied")]
+        ) >= 1.0,
+        "{m2}"
+    );
+    // The source ztunnel got HBONE's 401.
+    let m1 = mesh.z1.metrics()?;
+    assert!(
+        metric(&m1, "ambit_connections_refused_total", &[("reason", "hbone_denied")]) >= 1.0,
+        "{m1}"
+    );
+
+    std::fs::remove_file(&policy)?;
+    wait_until(Duration::from_secs(10), || {
+        Ok(echo_roundtrip(mesh.client.tcp_connect(addr)?, b"after")? == b"after")
+    })
+    .context("removing the DENY policy did not let the client through again")?;
+
+    // A pod that appears later: netns entry first (the map is read on every reconcile), then
+    // the manifest.
+    let late = mesh.net.add_pod(&mesh.node2, "late")?;
+    late.install_capture()?;
+    start_echo(&late, ECHO_PORT)?;
+    mesh.netns_entries
+        .insert(format!("{NAMESPACE}/late"), late.netns.path());
+    write_netns_map(&mesh.netns_map, &mesh.netns_entries)?;
+    write(
+        &mesh.manifests.join("10-late.yaml"),
+        &pod_manifest(&late, NAMESPACE, "late", "late"),
+    )?;
+    wait_until(Duration::from_secs(10), || captured(&mesh.z2, "default/late"))
+        .context("node2's ztunnel never captured the late pod")?;
+    let late_addr = SocketAddr::from((late.ip, ECHO_PORT));
+    let data = payload(256 << 10, b"LATE");
+    assert!(
+        echo_roundtrip(mesh.client.tcp_connect(late_addr)?, &data)? == data,
+        "late pod echo"
+    );
+    let m1 = mesh.z1.metrics()?;
+    let to_late = [
+        ("reporter", "source"),
+        ("destination_principal", "spiffe://cluster.local/ns/default/sa/late"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert!(
+        metric(&m1, "istio_tcp_connections_opened_total", &to_late) >= 1.0,
+        "{m1}"
+    );
+    Ok(())
+}
+
+#[test]
+fn operator_certificates_rotate_under_a_long_lived_connection() -> anyhow::Result<()> {
+    const TTL: Duration = Duration::from_secs(4);
+    let mesh = OperatorMesh::start("oprotate", "4s")?;
+    let started = Instant::now();
+    let mut open = mesh.client.tcp_connect(mesh.server_addr())?;
+    open.set_read_timeout(Some(Duration::from_secs(5)))?;
+    echo_once(&mut open, b"first")?;
+
+    // Keep the connection busy and watch both ztunnels' certificates until it has outlived two
+    // lifetimes and each side has renewed at least twice.
+    let mut seen1: Vec<String> = Vec::new();
+    let mut seen2: Vec<String> = Vec::new();
+    let deadline = started + Duration::from_secs(30);
+    let mut round = 0u32;
+    loop {
+        round += 1;
+        echo_once(&mut open, format!("round {round}").as_bytes())
+            .with_context(|| format!("the open connection broke after {:?}", started.elapsed()))?;
+        for (z, id, seen) in [(&mesh.z1, SLEEP, &mut seen1), (&mesh.z2, ECHO, &mut seen2)] {
+            if let Some(not_after) = certificates(z)?.remove(id)
+                && seen.last() != Some(&not_after)
+            {
+                seen.push(not_after);
+            }
+        }
+        if started.elapsed() > 2 * TTL + Duration::from_secs(1) && seen1.len() >= 3 && seen2.len() >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {:?}: node1 saw not_after {seen1:?}, node2 {seen2:?}",
+            started.elapsed()
+        );
+        // Pacing between rounds, not synchronisation: each round checks what it needs.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for seen in [&seen1, &seen2] {
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "not_after must only move forward: {seen:?}"
+        );
+    }
+    // New connections are made with the renewed certificates, which peers still accept.
+    assert_eq!(
+        echo_roundtrip(mesh.client.tcp_connect(mesh.server_addr())?, b"new")?,
+        b"new"
+    );
+    let issued = metric_ending(&mesh.operator.metrics()?, "ca_certificates_issued_total");
+    assert!(issued >= 6.0, "the operator's CA signed only {issued} certificates");
+    echo_once(&mut open, b"last")?;
+    Ok(())
+}
