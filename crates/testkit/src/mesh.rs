@@ -357,46 +357,11 @@ impl Operator {
     }
 }
 
-/// The `ambit-operator` binary in the target directory of the running test executable, built
-/// first if missing or stale. Cargo builds no binaries of (dev-)dependencies and sets
-/// `CARGO_BIN_EXE_*` only for the package's own, so this asks the cargo that built this crate to
-/// build it into the same target directory and profile (a no-op when up to date; the
-/// `ambit-operator` dev-dependency has already compiled everything but `main.rs`).
-pub fn operator_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("current executable")?;
-    // <target>/<profile dir>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} is not in <target>/<profile>/deps", exe.display()))?;
-    let target = profile_dir.parent().context("target directory")?;
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "-p", "ambit-operator", "--bin", "ambit-operator"])
-        .arg("--target-dir")
-        .arg(target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    match profile {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let output = cmd.output().with_context(|| format!("cannot run {}", env!("CARGO")))?;
-    if !output.status.success() {
-        bail!(
-            "cargo build -p ambit-operator ({}) failed: {}\n{}",
-            output.status,
-            target.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let binary = profile_dir.join("ambit-operator");
-    anyhow::ensure!(binary.is_file(), "cargo built no {}", binary.display());
-    Ok(binary)
+/// The `ambit-operator` binary: `explicit`, else next to the running executable or in
+/// `target/{release,debug}`. `make test` (`cargo nextest run --workspace`) builds it; a run of
+/// one package's tests alone needs `cargo build -p ambit-operator` first.
+pub fn find_operator(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    find_binary("ambit-operator", "ambit-operator", explicit)
 }
 
 impl Ztunnel {
@@ -445,27 +410,35 @@ impl Ztunnel {
 /// parent, for test binaries in `deps/`), else the workspace's `target/release`, then
 /// `target/debug`.
 pub fn find_ztunnel(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    find_binary("ztunnel", "ambit-ztunnel", explicit)
+}
+
+/// Binary `name` of package `package`: `explicit`, else next to the running executable (or its
+/// parent directory, for test binaries in `deps/`), else in `target/{release,debug}`.
+fn find_binary(name: &str, package: &str, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         if path.is_file() {
             return Ok(path.to_owned());
         }
-        bail!("no ztunnel binary at {}", path.display());
+        bail!("no {name} binary at {}", path.display());
     }
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()
     {
-        candidates.push(dir.join("ztunnel"));
+        candidates.push(dir.join(name));
         if let Some(parent) = dir.parent() {
-            candidates.push(parent.join("ztunnel"));
+            candidates.push(parent.join(name));
         }
     }
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    candidates.push(target.join("release/ztunnel"));
-    candidates.push(target.join("debug/ztunnel"));
+    candidates.push(target.join("release").join(name));
+    candidates.push(target.join("debug").join(name));
     candidates.into_iter().find(|p| p.is_file()).with_context(|| {
-        "no ztunnel binary found next to this executable or in target/{release,debug}; \
-         build it with `cargo build --release -p ambit-ztunnel` or pass its path"
+        format!(
+            "no {name} binary found next to this executable or in target/{{release,debug}}; \
+             build it with `cargo build -p {package}` (make test builds every binary) or pass its path"
+        )
     })
 }
 

@@ -94,7 +94,7 @@ impl OperatorMesh {
         write_netns_map(&netns_map, &netns_entries)?;
 
         let operator_files = OperatorFiles {
-            binary: mesh::operator_binary()?,
+            binary: mesh::find_operator(None)?,
             manifests: manifests.clone(),
             bootstrap_tokens,
             state_dir,
