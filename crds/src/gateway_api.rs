@@ -5,22 +5,22 @@
 //! schemas [`crds`] returns (for installing into a test API server). The real Gateway API CRDs
 //! come from the Gateway API project; crdgen does not write these.
 
+mod common;
 mod gateway;
 mod grpc_route;
 mod http_route;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
+pub use common::{
+    BackendObjectReference, HttpBackendRef, HttpHeader, HttpHeaderFilter, HttpHeaderMatch, HttpPathModifier,
+    HttpQueryParamMatch, HttpRequestMirrorFilter, HttpRouteFilter, HttpUrlRewriteFilter, ParentReference,
+    RouteParentStatus, RouteStatus,
+};
 pub use gateway::{Gateway, GatewaySpec, GatewayStatus, GatewayStatusAddress, Listener};
 pub use grpc_route::{GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, GrpcRouteSpec};
-pub use http_route::{
-    HttpBackendRef, HttpHeader, HttpHeaderFilter, HttpHeaderMatch, HttpPathMatch, HttpPathModifier,
-    HttpQueryParamMatch, HttpRequestMirrorFilter, HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
-    HttpRouteSpec, HttpRouteTimeouts, HttpUrlRewriteFilter,
-};
+pub use http_route::{HttpPathMatch, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, HttpRouteTimeouts};
 
 /// The API group of these kinds.
 pub const GROUP: &str = crate::common::GATEWAY_API_GROUP;
@@ -31,64 +31,6 @@ pub const WAYPOINT_GATEWAY_CLASS: &str = "ambit-waypoint";
 /// The CRDs of the kinds here, for a test API server; real clusters install the Gateway API's own.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![Gateway::crd(), HttpRoute::crd(), GrpcRoute::crd()]
-}
-
-/// A route's attachment point: for mesh routing a Service (`group: ""`, `kind: Service`), else a
-/// Gateway (the defaults).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ParentReference {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub section_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<i32>,
-}
-
-impl ParentReference {
-    /// Whether this names a Service (mesh routing) rather than a Gateway.
-    pub fn is_service(&self) -> bool {
-        self.group.as_deref().unwrap_or(GROUP).is_empty() && self.kind.as_deref() == Some("Service")
-    }
-}
-
-/// An object a filter or backend points at; a Service of the route's namespace by default.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BackendObjectReference {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<i32>,
-}
-
-/// A route's status: one entry per parent that accepted (or refused) it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
-pub struct RouteStatus {
-    #[serde(default)]
-    pub parents: Vec<RouteParentStatus>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RouteParentStatus {
-    pub parent_ref: ParentReference,
-    pub controller_name: String,
-    #[serde(default)]
-    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 //! authenticating ztunnels by TokenReview. Each test has its own emulator, operator(s) and
 //! scratch directory. Fails loudly if kubectl is missing.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
@@ -16,21 +18,18 @@ use ambit_kube_emulator::{Emulator, EmulatorConfig};
 use ambit_model::{Protocol, State};
 use ambit_operator::app::{LEASE_NAME, Operator};
 use ambit_operator::config::{Config, Source};
-use ambit_xds::client::{ClientConfig, TokenSource, XdsClient};
-use ambit_ztunnel::certs::{CaClient, CaClientConfig, CertError};
+use ambit_xds::client::TokenSource;
+use ambit_ztunnel::certs::{CaClient, CertError};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use support::Xds;
 
 /// Upper bound for anything a test waits on: a failure guard, never a synchronisation point.
 const GUARD: Duration = Duration::from_secs(20);
-/// The name clients verify on the operator's serving certificate.
-const SERVER_NAME: &str = "ambit-operator.ambit-system.svc";
 const CRDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds");
 
 /// An emulator, a client of it, and a scratch directory holding a kubeconfig.
@@ -47,7 +46,7 @@ impl Cluster {
             .with_max_level(tracing::Level::INFO)
             .try_init();
         let emulator = Emulator::start(EmulatorConfig::default()).expect("emulator starts");
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = support::temp_dir();
         emulator
             .write_kubeconfig(dir.path().join("kubeconfig"))
             .expect("kubeconfig written");
@@ -182,29 +181,16 @@ impl Cluster {
 
     /// An operator configuration for this cluster: ephemeral ports, a fast lease.
     fn config(&self, pod_name: &str) -> Config {
+        let source = Source::Kubernetes {
+            kubeconfig: Some(self.kubeconfig()),
+        };
+        let state_dir = self.dir.path().join(format!("state-{pod_name}"));
         Config {
-            source: Source::Kubernetes {
-                kubeconfig: Some(self.kubeconfig()),
-            },
-            state_dir: self.dir.path().join(format!("state-{pod_name}")),
-            bootstrap_tokens: None,
-            supplied_ca: None,
-            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-            monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
-            server_names: vec![SERVER_NAME.to_owned()],
-            trust_domain: "cluster.local".to_owned(),
-            domain_suffix: "cluster.local".to_owned(),
-            cluster_id: "Kubernetes".to_owned(),
-            cert_ttl: Duration::from_secs(3600),
-            max_cert_ttl: Duration::from_secs(24 * 3600),
-            ztunnel_service_account: ("ambit-system".to_owned(), "ztunnel".to_owned()),
-            namespace: "ambit-system".to_owned(),
-            pod_name: pod_name.to_owned(),
             lease_duration: Duration::from_secs(2),
             lease_retry: Duration::from_millis(100),
             debounce: Duration::from_millis(5),
             max_debounce: Duration::from_millis(50),
-            worker_threads: 0,
+            ..support::config(source, state_dir, pod_name)
         }
     }
 
@@ -243,52 +229,15 @@ impl Cluster {
 }
 
 /// A ztunnel's xDS client connected to an operator over TLS, publishing what it receives.
-struct Xds {
-    state: watch::Receiver<Arc<State>>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Xds {
-    fn connect(operator: &Operator, token: String) -> Xds {
-        let mut config = ClientConfig::new(
-            format!("https://{}", operator.grpc_addr()),
-            "ztunnel~10.0.0.1~ztunnel-node-a.ambit-system~ambit-system.svc.cluster.local",
-        );
-        config.tls = Some(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(operator.root_pem()))
-                .domain_name(SERVER_NAME),
-        );
-        config.token = TokenSource::Callback(Arc::new(move || Ok(token.clone())));
-        config.node_metadata.insert("NODE_NAME".to_owned(), "node-a".to_owned());
-        config.backoff_initial = Duration::from_millis(50);
-        config.backoff_max = Duration::from_millis(500);
-        let (tx, state) = watch::channel(Arc::new(State::default()));
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(XdsClient::new(config, tx).run(stop.clone()));
-        Xds { state, stop, task }
-    }
-
-    /// Waits until the published state satisfies `check`; fails with `what` and the last state.
-    async fn until(&mut self, what: &str, check: impl Fn(&State) -> bool) {
-        let waited = tokio::time::timeout(GUARD, self.state.wait_for(|s| check(s)))
-            .await
-            .map(|found| found.map(drop));
-        match waited {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => panic!("xDS client stopped while waiting for {what}"),
-            Err(_) => panic!(
-                "timed out after {GUARD:?} waiting for {what}; last state: {:?}",
-                self.state.borrow().workloads().collect::<Vec<_>>()
-            ),
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.expect("xDS client task");
-    }
+fn connect_xds(operator: &Operator, token: String) -> Xds {
+    let mut config = support::xds_config(
+        operator.grpc_addr(),
+        "ztunnel~10.0.0.1~ztunnel-node-a.ambit-system~ambit-system.svc.cluster.local",
+        operator.root_pem(),
+        TokenSource::Callback(Arc::new(move || Ok(token.clone()))),
+    );
+    config.backoff_max = Duration::from_millis(500);
+    Xds::spawn(config, GUARD)
 }
 
 fn protocol_of(state: &State, namespace: &str, name: &str) -> Option<Protocol> {
@@ -307,14 +256,7 @@ fn ca_client(operator: &Operator, dir: &Path, token: &str) -> CaClient {
     static FILES: AtomicUsize = AtomicUsize::new(0);
     let token_path = dir.join(format!("token-{}", FILES.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(&token_path, token).expect("token file");
-    CaClient::new(CaClientConfig {
-        address: format!("https://{}", operator.grpc_addr()),
-        root_pem: Some(operator.root_pem().to_owned()),
-        server_name: Some(SERVER_NAME.to_owned()),
-        token_path,
-        ttl: Duration::from_secs(600),
-    })
-    .expect("CA client")
+    support::ca_client(operator, token_path, Duration::from_secs(600))
 }
 
 fn refused(result: Result<ambit_identity::WorkloadCertificate, CertError>) -> (tonic::Code, String) {
@@ -336,9 +278,9 @@ async fn pods_are_served_over_xds_and_follow_namespace_enrollment() {
     cluster.pod("demo", "web", "web", "node-a", Some("10.1.0.5")).await;
     let token = cluster.ztunnel_token("node-a").await;
     let operator = cluster.operator("operator-0").await;
-    let mut xds = Xds::connect(&operator, token);
+    let mut xds = connect_xds(&operator, token);
 
-    xds.until("demo/web as a TCP workload", |s| {
+    xds.wait_for("demo/web as a TCP workload", |s| {
         protocol_of(s, "demo", "web") == Some(Protocol::Tcp)
     })
     .await;
@@ -356,7 +298,7 @@ async fn pods_are_served_over_xds_and_follow_namespace_enrollment() {
     cluster
         .kubectl_ok(&["label", "namespace", "demo", "ambit.dev/dataplane-mode=ambient"])
         .await;
-    xds.until("demo/web meshed (HBONE) after enrolling the namespace", |s| {
+    xds.wait_for("demo/web meshed (HBONE) after enrolling the namespace", |s| {
         protocol_of(s, "demo", "web") == Some(Protocol::Hbone)
     })
     .await;
@@ -364,14 +306,14 @@ async fn pods_are_served_over_xds_and_follow_namespace_enrollment() {
     cluster
         .kubectl_ok(&["label", "namespace", "demo", "ambit.dev/dataplane-mode-"])
         .await;
-    xds.until("demo/web back to TCP after the label is removed", |s| {
+    xds.wait_for("demo/web back to TCP after the label is removed", |s| {
         protocol_of(s, "demo", "web") == Some(Protocol::Tcp)
     })
     .await;
 
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "demo");
     pods.delete("web", &DeleteParams::default()).await.expect("pod deleted");
-    xds.until("demo/web gone after the pod is deleted", |s| {
+    xds.wait_for("demo/web gone after the pod is deleted", |s| {
         protocol_of(s, "demo", "web").is_none()
     })
     .await;
@@ -542,8 +484,8 @@ async fn the_leader_publishes_the_root_and_a_second_replica_takes_over_when_it_s
     let token = cluster.ztunnel_token("node-a").await;
     let second = cluster.operator("operator-b").await;
     assert_eq!(second.root_pem(), root, "both replicas share the CA Secret");
-    let mut xds = Xds::connect(&second, token);
-    xds.until("the follower serving demo/web", |s| {
+    let mut xds = connect_xds(&second, token);
+    xds.wait_for("the follower serving demo/web", |s| {
         protocol_of(s, "demo", "web").is_some()
     })
     .await;
@@ -594,8 +536,8 @@ async fn the_ca_authorizes_ztunnels_by_token_review_and_pod_placement() {
     let operator = cluster.operator("operator-0").await;
 
     // The index knows both pods once the xDS state shows them.
-    let mut xds = Xds::connect(&operator, ztunnel_a.clone());
-    xds.until("demo/web and demo/db indexed", |s| {
+    let mut xds = connect_xds(&operator, ztunnel_a.clone());
+    xds.wait_for("demo/web and demo/db indexed", |s| {
         protocol_of(s, "demo", "web").is_some() && protocol_of(s, "demo", "db").is_some()
     })
     .await;

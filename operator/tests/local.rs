@@ -5,26 +5,22 @@
 //!
 //! Every wait is on a watch channel or an endpoint, with a deadline that fails with what was seen.
 
+mod support;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ambit_identity::{SpiffeId, TrustBundle};
 use ambit_model::{Protocol, State};
 use ambit_operator::app::Operator;
 use ambit_operator::config::{Config, Source};
-use ambit_xds::client::{ClientConfig, ClientStatus, TokenSource, XdsClient};
-use ambit_ztunnel::certs::{CaClient, CaClientConfig, CertError, CertManager};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig};
+use ambit_xds::client::TokenSource;
+use ambit_ztunnel::certs::{CaClient, CertError, CertManager};
+use support::{Xds, dump, http_get};
 
 /// How long any expected change may take; far above the 50 ms poll and 100 ms debounce.
 const DEADLINE: Duration = Duration::from_secs(10);
-const SERVER_NAME: &str = "ambit-operator.ambit-system.svc";
 const ZTUNNEL_TOKEN: &str = "ztunnel-node-a-token";
 
 /// A temp dir holding `manifests/`, `state/`, the bootstrap token file and the client token files.
@@ -34,7 +30,7 @@ struct Layout {
 
 impl Layout {
     fn new() -> Layout {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = support::temp_dir();
         std::fs::create_dir(dir.path().join("manifests")).expect("manifests dir");
         std::fs::create_dir(dir.path().join("state")).expect("state dir");
         std::fs::write(
@@ -54,30 +50,14 @@ impl Layout {
     }
 
     fn config(&self, grpc_addr: SocketAddr) -> Config {
+        let source = Source::Directory {
+            path: self.path("manifests"),
+            poll: Duration::from_millis(50),
+        };
         Config {
-            source: Source::Directory {
-                path: self.path("manifests"),
-                poll: Duration::from_millis(50),
-            },
-            state_dir: self.path("state"),
             bootstrap_tokens: Some(self.path("tokens.yaml")),
-            supplied_ca: None,
             grpc_addr,
-            monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
-            server_names: vec![SERVER_NAME.to_owned()],
-            trust_domain: "cluster.local".to_owned(),
-            domain_suffix: "cluster.local".to_owned(),
-            cluster_id: "Kubernetes".to_owned(),
-            cert_ttl: Duration::from_secs(3600),
-            max_cert_ttl: Duration::from_secs(24 * 3600),
-            ztunnel_service_account: ("ambit-system".to_owned(), "ztunnel".to_owned()),
-            namespace: "ambit-system".to_owned(),
-            pod_name: "operator-test".to_owned(),
-            lease_duration: Duration::from_secs(15),
-            lease_retry: Duration::from_secs(2),
-            debounce: Duration::from_millis(10),
-            max_debounce: Duration::from_millis(100),
-            worker_threads: 0,
+            ..support::config(source, self.path("state"), "operator-test")
         }
     }
 
@@ -158,75 +138,34 @@ fn documents(documents: &[&str]) -> String {
 
 /// The shop namespace (enrolled or not), the cart Service and two cart pods on node-a.
 fn shop(ambient: bool) -> String {
-    documents(&[
-        &namespace("shop", ambient),
-        CART_SERVICE,
-        &pod("cart-1", "10.0.0.11", "cart", "node-a", "cart"),
-        &pod("cart-2", "10.0.0.12", "cart", "node-a", "cart"),
-    ])
+    shop_with(
+        ambient,
+        &[
+            &pod("cart-1", "10.0.0.11", "cart", "node-a", "cart"),
+            &pod("cart-2", "10.0.0.12", "cart", "node-a", "cart"),
+        ],
+    )
+}
+
+/// The shop namespace (enrolled or not) and the cart Service, then `rest`.
+fn shop_with(ambient: bool, rest: &[&str]) -> String {
+    let namespace = namespace("shop", ambient);
+    let mut all = vec![namespace.as_str(), CART_SERVICE];
+    all.extend_from_slice(rest);
+    documents(&all)
 }
 
 /// ztunnel's xDS client, connected to `operator` over TLS with the node-a ztunnel token.
-struct Ztunnel {
-    state: watch::Receiver<Arc<State>>,
-    status: watch::Receiver<ClientStatus>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl Ztunnel {
-    fn connect(layout: &Layout, grpc_addr: SocketAddr, root_pem: &str) -> Ztunnel {
-        let mut config = ClientConfig::new(
-            format!("https://{grpc_addr}"),
-            "ztunnel~10.0.0.1~ztunnel-a.ambit-system~ambit-system.svc.cluster.local",
-        );
-        config.tls = Some(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(root_pem))
-                .domain_name(SERVER_NAME),
-        );
-        config.token = TokenSource::File(layout.path("ztunnel.token"));
-        config.node_metadata.insert("NODE_NAME".to_owned(), "node-a".to_owned());
-        // Reconnects quickly after an operator restart.
-        config.backoff_initial = Duration::from_millis(50);
-        config.backoff_max = Duration::from_millis(200);
-        let (state_tx, state) = watch::channel(Arc::new(State::default()));
-        let client = XdsClient::new(config, state_tx);
-        let status = client.status();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(client.run(stop.clone()));
-        Ztunnel {
-            state,
-            status,
-            stop,
-            task,
-        }
-    }
-
-    /// Waits until the published state satisfies `condition`; fails with the last state seen.
-    async fn wait_for(&mut self, what: &str, condition: impl Fn(&State) -> bool) -> Arc<State> {
-        let waited = tokio::time::timeout(DEADLINE, self.state.wait_for(|s| condition(s)))
-            .await
-            .map(|found| found.map(|state| state.clone()));
-        match waited {
-            Ok(Ok(state)) => state,
-            Ok(Err(_)) => panic!("xDS client stopped while waiting for {what}"),
-            Err(_) => panic!(
-                "no xDS state with {what} within {DEADLINE:?}; client status {:?}; last state:\n{}",
-                *self.status.borrow(),
-                dump(&self.state.borrow())
-            ),
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.expect("xDS client task");
-    }
-}
-
-fn dump(state: &State) -> String {
-    serde_json::to_string_pretty(state).unwrap_or_else(|e| format!("<unserializable state: {e}>"))
+fn connect_ztunnel(layout: &Layout, grpc_addr: SocketAddr, root_pem: &str) -> Xds {
+    let mut config = support::xds_config(
+        grpc_addr,
+        "ztunnel~10.0.0.1~ztunnel-a.ambit-system~ambit-system.svc.cluster.local",
+        root_pem,
+        TokenSource::File(layout.path("ztunnel.token")),
+    );
+    // Reconnects quickly after an operator restart.
+    config.backoff_max = Duration::from_millis(200);
+    Xds::spawn(config, DEADLINE)
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -246,25 +185,6 @@ fn endpoints_of(state: &State, vip: &str) -> Option<Vec<String>> {
     let mut names: Vec<String> = state.endpoints(service).iter().map(|w| w.name.clone()).collect();
     names.sort();
     Some(names)
-}
-
-/// GET over plain HTTP/1.1 on the monitoring port: status code and body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to monitoring");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send request");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read response");
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response from {addr}{path}: {response:?}"));
-    (code, body.to_owned())
 }
 
 /// Polls `path` until `check` accepts the response; fails with the last response.
@@ -295,7 +215,7 @@ async fn manifest_changes_reach_ztunnel() {
     let layout = Layout::new();
     layout.write_manifest("10-shop.yaml", &shop(true));
     let operator = start(layout.config(any_port())).await;
-    let mut ztunnel = Ztunnel::connect(&layout, operator.grpc_addr(), operator.root_pem());
+    let mut ztunnel = connect_ztunnel(&layout, operator.grpc_addr(), operator.root_pem());
 
     let state = ztunnel
         .wait_for("both cart pods meshed and behind the cart VIP", |s| {
@@ -315,12 +235,13 @@ async fn manifest_changes_reach_ztunnel() {
     // cart-2 moves to another IP and out of the service's selector.
     layout.write_manifest(
         "10-shop.yaml",
-        &documents(&[
-            &namespace("shop", true),
-            CART_SERVICE,
-            &pod("cart-1", "10.0.0.11", "cart", "node-a", "cart"),
-            &pod("cart-2", "10.0.0.22", "other", "node-a", "cart"),
-        ]),
+        &shop_with(
+            true,
+            &[
+                &pod("cart-1", "10.0.0.11", "cart", "node-a", "cart"),
+                &pod("cart-2", "10.0.0.22", "other", "node-a", "cart"),
+            ],
+        ),
     );
     let state = ztunnel
         .wait_for("cart-2 at its new IP and out of the cart service", |s| {
@@ -337,11 +258,7 @@ async fn manifest_changes_reach_ztunnel() {
     // cart-2 is deleted from the file.
     layout.write_manifest(
         "10-shop.yaml",
-        &documents(&[
-            &namespace("shop", true),
-            CART_SERVICE,
-            &pod("cart-1", "10.0.0.11", "cart", "node-a", "cart"),
-        ]),
+        &shop_with(true, &[&pod("cart-1", "10.0.0.11", "cart", "node-a", "cart")]),
     );
     ztunnel
         .wait_for("cart-2 gone", |s| {
@@ -352,11 +269,7 @@ async fn manifest_changes_reach_ztunnel() {
     // The namespace leaves the mesh: its pods are still addresses, but plain TCP.
     layout.write_manifest(
         "10-shop.yaml",
-        &documents(&[
-            &namespace("shop", false),
-            CART_SERVICE,
-            &pod("cart-1", "10.0.0.11", "cart", "node-a", "cart"),
-        ]),
+        &shop_with(false, &[&pod("cart-1", "10.0.0.11", "cart", "node-a", "cart")]),
     );
     ztunnel
         .wait_for("cart-1 as TCP after un-enrolling the namespace", |s| {
@@ -374,7 +287,7 @@ async fn bad_documents_are_skipped_and_counted_without_losing_anything() {
     layout.write_manifest("10-shop.yaml", &shop(true));
     let operator = start(layout.config(any_port())).await;
     let monitoring = operator.monitoring_addr();
-    let mut ztunnel = Ztunnel::connect(&layout, operator.grpc_addr(), operator.root_pem());
+    let mut ztunnel = connect_ztunnel(&layout, operator.grpc_addr(), operator.root_pem());
     ztunnel
         .wait_for("both cart pods", |s| {
             has_workload(s, "cart-1", "10.0.0.11", Protocol::Hbone)
@@ -505,12 +418,13 @@ spec:
     // still applies (cart-1 changes IP in the same edit).
     layout.write_manifest(
         "10-shop.yaml",
-        &documents(&[
-            &namespace("shop", true),
-            CART_SERVICE,
-            &pod("cart-1", "10.0.0.31", "cart", "node-a", "cart"),
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cart-2\n  namespace: shop\nspec: [not, a, pod\n",
-        ]),
+        &shop_with(
+            true,
+            &[
+                &pod("cart-1", "10.0.0.31", "cart", "node-a", "cart"),
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cart-2\n  namespace: shop\nspec: [not, a, pod\n",
+            ],
+        ),
     );
     let state = ztunnel
         .wait_for("cart-1 at its new IP", |s| {
@@ -537,14 +451,7 @@ spec:
 }
 
 fn ca_client(layout: &Layout, operator: &Operator, token: &str, ttl: Duration) -> CaClient {
-    CaClient::new(CaClientConfig {
-        address: format!("https://{}", operator.grpc_addr()),
-        root_pem: Some(operator.root_pem().to_owned()),
-        server_name: Some(SERVER_NAME.to_owned()),
-        token_path: layout.path(token),
-        ttl,
-    })
-    .expect("CA client")
+    support::ca_client(operator, layout.path(token), ttl)
 }
 
 fn identity(service_account: &str) -> SpiffeId {
@@ -676,7 +583,7 @@ async fn a_restarted_operator_keeps_its_root_and_ztunnel_reconnects() {
     let root = first.root_pem().to_owned();
     let root_file = std::fs::read_to_string(layout.path("state/root-cert.pem")).expect("root-cert.pem written");
     assert_eq!(root_file.trim(), root.trim(), "root-cert.pem is the serving root");
-    let mut ztunnel = Ztunnel::connect(&layout, port, &root);
+    let mut ztunnel = connect_ztunnel(&layout, port, &root);
     ztunnel
         .wait_for("both cart pods", |s| {
             has_workload(s, "cart-1", "10.0.0.11", Protocol::Hbone)
@@ -689,12 +596,13 @@ async fn a_restarted_operator_keeps_its_root_and_ztunnel_reconnects() {
     // While no operator runs, cart-2 goes and cart-3 comes.
     layout.write_manifest(
         "10-shop.yaml",
-        &documents(&[
-            &namespace("shop", true),
-            CART_SERVICE,
-            &pod("cart-1", "10.0.0.11", "cart", "node-a", "cart"),
-            &pod("cart-3", "10.0.0.13", "cart", "node-a", "cart"),
-        ]),
+        &shop_with(
+            true,
+            &[
+                &pod("cart-1", "10.0.0.11", "cart", "node-a", "cart"),
+                &pod("cart-3", "10.0.0.13", "cart", "node-a", "cart"),
+            ],
+        ),
     );
     let second = start(layout.config(port)).await;
     assert_eq!(second.root_pem(), root, "the CA must survive a restart");

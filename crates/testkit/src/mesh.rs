@@ -201,8 +201,14 @@ impl Network {
             .arg("--ca-cert")
             .arg(&files.ca.cert)
             .arg("--ca-key")
-            .arg(&files.ca.key)
-            .args(["--admin-addr", &ADMIN_ADDR.to_string()])
+            .arg(&files.ca.key);
+        self.spawn_ztunnel_command(node, cmd, extra_args)
+    }
+
+    /// Spawns a ztunnel `cmd` (its mode's flags set) in `node`'s namespace with the default
+    /// admin/metrics/readiness addresses, then `extra_args`.
+    fn spawn_ztunnel_command(&mut self, node: &Node, mut cmd: Command, extra_args: &[&str]) -> anyhow::Result<Ztunnel> {
+        cmd.args(["--admin-addr", &ADMIN_ADDR.to_string()])
             .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
             .args(["--readiness-addr", &format!("0.0.0.0:{READINESS_PORT}")])
             .args(extra_args);
@@ -306,16 +312,8 @@ impl Network {
             .args(["--operator-server-name", OPERATOR_SERVER_NAME])
             .arg("--pod-netns-map")
             .arg(&files.pod_netns_map)
-            .args(["--node", &node.name])
-            .args(["--admin-addr", &ADMIN_ADDR.to_string()])
-            .args(["--metrics-addr", &format!("0.0.0.0:{METRICS_PORT}")])
-            .args(["--readiness-addr", &format!("0.0.0.0:{READINESS_PORT}")])
-            .args(extra_args);
-        let process = self.spawn(&node.netns, cmd)?;
-        Ok(Ztunnel {
-            node: node.clone(),
-            process,
-        })
+            .args(["--node", &node.name]);
+        self.spawn_ztunnel_command(node, cmd, extra_args)
     }
 }
 
@@ -333,19 +331,7 @@ impl Operator {
                 anyhow::ensure!(self.root_cert.is_file(), "no {}", self.root_cert.display());
                 Ok(())
             });
-        if let Err(e) = result {
-            let state = match self.process.try_wait() {
-                Ok(Some(status)) => format!("ambit-operator exited ({status})"),
-                _ => "ambit-operator is running".to_owned(),
-            };
-            bail!(
-                "ambit-operator on {} not ready: {e:#}\n{state}; log {}:\n{}",
-                self.node.name,
-                self.process.log_path().display(),
-                self.process.log_tail(40)
-            );
-        }
-        Ok(())
+        ready_or_log("ambit-operator", &self.node, &self.process, result)
     }
 
     /// The Prometheus text from `/metrics`.
@@ -355,6 +341,22 @@ impl Operator {
             (status, body) => bail!("ambit-operator answered /metrics with {status}: {}", body.trim()),
         }
     }
+}
+
+/// `result` of a readiness wait of `program` on `node`; a failure carries whether the process
+/// still runs and its log tail.
+fn ready_or_log(program: &str, node: &Node, process: &ProcessHandle, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    let Err(e) = result else { return Ok(()) };
+    let state = match process.try_wait() {
+        Ok(Some(status)) => format!("{program} exited ({status})"),
+        _ => format!("{program} is running"),
+    };
+    bail!(
+        "{program} on {} not ready: {e:#}\n{state}; log {}:\n{}",
+        node.name,
+        process.log_path().display(),
+        process.log_tail(40)
+    );
 }
 
 /// The `ambit-operator` binary: `explicit`, else next to the running executable or in
@@ -369,19 +371,7 @@ impl Ztunnel {
     pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, READINESS_PORT));
         let result = http::wait_for_http_ok(&self.node.netns, addr, "/healthz/ready", timeout);
-        if let Err(e) = result {
-            let state = match self.process.try_wait() {
-                Ok(Some(status)) => format!("ztunnel exited ({status})"),
-                _ => "ztunnel is running".to_owned(),
-            };
-            bail!(
-                "ztunnel on {} not ready: {e:#}\n{state}; log {}:\n{}",
-                self.node.name,
-                self.process.log_path().display(),
-                self.process.log_tail(40)
-            );
-        }
-        Ok(())
+        ready_or_log("ztunnel", &self.node, &self.process, result)
     }
 
     /// The Prometheus text from `/metrics`.

@@ -1,34 +1,13 @@
 //! `GRPCRoute`: routing by gRPC service and method; filters and backends as `HTTPRoute`'s.
 
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::http_route::{HttpBackendRef, HttpHeaderMatch, HttpRouteFilter};
-use super::{ParentReference, RouteStatus};
+use super::common::{HttpBackendRef, HttpHeaderMatch, HttpRouteFilter, ParentReference, RouteStatus, route_resource};
 
-/// A Gateway API `GRPCRoute`.
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "gateway.networking.k8s.io",
-    version = "v1",
-    kind = "GRPCRoute",
-    root = "GrpcRoute",
-    plural = "grpcroutes",
-    namespaced,
-    status = "RouteStatus",
-    derive = "Default",
-    derive = "PartialEq"
-)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
-pub struct GrpcRouteSpec {
-    #[serde(default)]
-    pub parent_refs: Vec<ParentReference>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hostnames: Vec<String>,
-    #[serde(default)]
-    pub rules: Vec<GrpcRouteRule>,
+route_resource! {
+    /// A Gateway API `GRPCRoute`.
+    spec GrpcRouteSpec { kind: "GRPCRoute", root: "GrpcRoute", plural: "grpcroutes", rule: GrpcRouteRule }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

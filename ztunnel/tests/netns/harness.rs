@@ -12,6 +12,7 @@ use std::{
 use ambit_testkit::{
     Network, Node, Pod,
     mesh::{MeshConfig, ServiceConfig, TestCa, WorkloadConfig, Ztunnel, ZtunnelFiles},
+    pcap_contains, pcap_tls_records,
 };
 use anyhow::Context as _;
 
@@ -30,17 +31,47 @@ pub struct Mesh {
     pub z2: Ztunnel,
 }
 
-impl Mesh {
-    pub fn start(name: &str) -> anyhow::Result<Mesh> {
+/// The network every netns mesh starts from: `client` on node1 and `server` on node2, both with
+/// the capture rules installed, and an echo server on `server`'s [`ECHO_PORT`].
+pub struct TwoNodes {
+    pub net: Network,
+    pub node1: Node,
+    pub node2: Node,
+    pub client: Pod,
+    pub server: Pod,
+}
+
+impl TwoNodes {
+    pub fn start(name: &str) -> anyhow::Result<TwoNodes> {
         let mut net = Network::new(name)?;
         let node1 = net.add_node("node1")?;
         let node2 = net.add_node("node2")?;
         let client = net.add_pod(&node1, "client")?;
-        let outsider = net.add_pod(&node1, "outsider")?;
         let server = net.add_pod(&node2, "server")?;
         client.install_capture()?;
         server.install_capture()?;
         start_echo(&server, ECHO_PORT)?;
+        Ok(TwoNodes {
+            net,
+            node1,
+            node2,
+            client,
+            server,
+        })
+    }
+}
+
+impl Mesh {
+    pub fn start(name: &str) -> anyhow::Result<Mesh> {
+        let TwoNodes {
+            mut net,
+            node1,
+            node2,
+            client,
+            server,
+        } = TwoNodes::start(name)?;
+        // Pod addresses are per node, so adding this one last does not move the others.
+        let outsider = net.add_pod(&node1, "outsider")?;
 
         let dir = net.log_dir().to_owned();
         let ca = TestCa::generate(&dir)?;
@@ -142,6 +173,29 @@ pub fn echo_roundtrip(mut stream: TcpStream, payload: &[u8]) -> anyhow::Result<V
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread panicked"))?
         .context("read echo")
+}
+
+/// Echoes `data` over `stream` and asserts all of it came back; `what` names the path.
+pub fn assert_echoed(stream: TcpStream, data: &[u8], what: &str) -> anyhow::Result<()> {
+    let echoed = echo_roundtrip(stream, data)?;
+    assert!(
+        echoed == data,
+        "{what}: echoed {} of {} bytes",
+        echoed.len(),
+        data.len()
+    );
+    Ok(())
+}
+
+/// Asserts a capture between the nodes never shows `marker` (application bytes) and does show
+/// TLS records.
+pub fn assert_only_tls_on_the_wire(pcap: &[u8], marker: &[u8]) {
+    assert!(
+        !pcap_contains(pcap, marker),
+        "application bytes visible on the wire between the nodes"
+    );
+    let records = pcap_tls_records(pcap);
+    assert!(records > 100, "expected TLS records on the wire, saw {records}");
 }
 
 /// Whether a connection through the mesh is refused or cut before any byte comes back.

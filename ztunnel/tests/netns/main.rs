@@ -7,9 +7,10 @@ mod operator;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ambit_identity::{CertificateAuthority, SpiffeId, TrustBundle, WorkloadCertificate, tls};
-use ambit_testkit::{pcap_contains, pcap_tls_records};
 use bytes::Bytes;
-use harness::{Mesh, VIP, echo_fails, echo_roundtrip, metric, payload, wait_until};
+use harness::{
+    Mesh, VIP, assert_echoed, assert_only_tls_on_the_wire, echo_fails, echo_roundtrip, metric, payload, wait_until,
+};
 
 fn ca(mesh: &Mesh) -> CertificateAuthority {
     let cert = std::fs::read_to_string(&mesh.files.ca.cert).expect("CA cert");
@@ -28,32 +29,14 @@ fn data_flows_both_ways_over_mtls_and_the_wire_shows_only_tls() -> anyhow::Resul
     let data = payload(8 << 20, marker);
     let capture = mesh.node1.capture("eth0")?;
 
-    let echoed = echo_roundtrip(mesh.client.tcp_connect(mesh.server_addr())?, &data)?;
-    assert!(
-        echoed == data,
-        "pod IP: echoed {} bytes, sent {}",
-        echoed.len(),
-        data.len()
-    );
+    assert_echoed(mesh.client.tcp_connect(mesh.server_addr())?, &data, "pod IP")?;
     let small = payload(64 << 10, marker);
-    let echoed = echo_roundtrip(mesh.client.tcp_connect(SocketAddr::from((VIP, 80)))?, &small)?;
-    assert!(
-        echoed == small,
-        "service VIP: echoed {} bytes, sent {}",
-        echoed.len(),
-        small.len()
-    );
-
-    let pcap = capture.stop()?;
-    assert!(
-        !pcap_contains(&pcap, marker),
-        "application bytes visible on the wire between nodes"
-    );
-    assert!(
-        pcap_tls_records(&pcap) > 100,
-        "expected TLS records on the wire, saw {}",
-        pcap_tls_records(&pcap)
-    );
+    assert_echoed(
+        mesh.client.tcp_connect(SocketAddr::from((VIP, 80)))?,
+        &small,
+        "service VIP",
+    )?;
+    assert_only_tls_on_the_wire(&capture.stop()?, marker);
 
     let m2 = mesh.z2.metrics()?;
     let dest = [

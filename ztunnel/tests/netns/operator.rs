@@ -15,11 +15,13 @@ use std::{
 use ambit_testkit::{
     Network, Node, Pod,
     mesh::{self, Operator, OperatorFiles, XdsZtunnelFiles, Ztunnel},
-    pcap_contains, pcap_tls_records,
 };
 use anyhow::Context as _;
 
-use crate::harness::{ECHO_PORT, VIP, echo_fails, echo_roundtrip, metric, payload, start_echo, wait_until};
+use crate::harness::{
+    ECHO_PORT, TwoNodes, VIP, assert_echoed, assert_only_tls_on_the_wire, echo_fails, echo_roundtrip, metric, payload,
+    start_echo, wait_until,
+};
 
 const NAMESPACE: &str = "default";
 const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
@@ -46,14 +48,13 @@ impl OperatorMesh {
     /// Everything up and ready; `cert_ttl` goes to the operator (`--cert-ttl`, `--max-cert-ttl`)
     /// and to both ztunnels (`--cert-ttl`).
     fn start(name: &str, cert_ttl: &str) -> anyhow::Result<OperatorMesh> {
-        let mut net = Network::new(name)?;
-        let node1 = net.add_node("node1")?;
-        let node2 = net.add_node("node2")?;
-        let client = net.add_pod(&node1, "client")?;
-        let server = net.add_pod(&node2, "server")?;
-        client.install_capture()?;
-        server.install_capture()?;
-        start_echo(&server, ECHO_PORT)?;
+        let TwoNodes {
+            mut net,
+            node1,
+            node2,
+            client,
+            server,
+        } = TwoNodes::start(name)?;
         start_echo(&client, ECHO_PORT)?;
 
         let dir = net.log_dir().to_owned();
@@ -279,37 +280,16 @@ fn operator_mode_carries_mtls_both_ways_with_identities_from_the_operator_ca() -
     let data = payload(4 << 20, marker);
     let capture = mesh.node1.capture("eth0")?;
 
-    let echoed = echo_roundtrip(mesh.client.tcp_connect(mesh.server_addr())?, &data)?;
-    assert!(
-        echoed == data,
-        "client → server: echoed {} of {} bytes",
-        echoed.len(),
-        data.len()
-    );
+    assert_echoed(mesh.client.tcp_connect(mesh.server_addr())?, &data, "client → server")?;
     let client_addr = SocketAddr::from((mesh.client.ip, ECHO_PORT));
-    let echoed = echo_roundtrip(mesh.server.tcp_connect(client_addr)?, &data)?;
-    assert!(
-        echoed == data,
-        "server → client: echoed {} of {} bytes",
-        echoed.len(),
-        data.len()
-    );
+    assert_echoed(mesh.server.tcp_connect(client_addr)?, &data, "server → client")?;
     let small = payload(64 << 10, marker);
-    let echoed = echo_roundtrip(mesh.client.tcp_connect(SocketAddr::from((VIP, 80)))?, &small)?;
-    assert!(
-        echoed == small,
-        "service VIP: echoed {} of {} bytes",
-        echoed.len(),
-        small.len()
-    );
-
-    let pcap = capture.stop()?;
-    assert!(
-        !pcap_contains(&pcap, marker),
-        "application bytes visible between the nodes"
-    );
-    let records = pcap_tls_records(&pcap);
-    assert!(records > 100, "expected TLS records on the wire, saw {records}");
+    assert_echoed(
+        mesh.client.tcp_connect(SocketAddr::from((VIP, 80)))?,
+        &small,
+        "service VIP",
+    )?;
+    assert_only_tls_on_the_wire(&capture.stop()?, marker);
 
     // Destination side of client → server, source side of server → client, on node2.
     let into_server = [("reporter", "destination"), ("source_principal", SLEEP)];
