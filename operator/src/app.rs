@@ -75,6 +75,17 @@ pub struct Operator {
     root_pem: String,
 }
 
+/// The source's connection, resolved at start: a Kubernetes client, or the manifest directory
+/// with the bootstrap tokens that stand in for TokenReview.
+enum Mode<'c> {
+    Kubernetes(kube::Client),
+    Directory {
+        path: &'c std::path::Path,
+        poll: std::time::Duration,
+        bootstrap_tokens: &'c std::path::Path,
+    },
+}
+
 /// Lets the CA ask the index which identities run on a node.
 struct IndexDirectory(Arc<RwLock<Index>>);
 
@@ -130,23 +141,31 @@ impl Operator {
         );
         registry.register("workloads", "Workloads in the index", metrics.workloads.clone());
 
-        let client = match &config.source {
-            Source::Kubernetes { kubeconfig } => Some(kube_client(kubeconfig.as_deref()).await?),
-            Source::Directory { .. } => None,
+        let mode = match &config.source {
+            Source::Kubernetes { kubeconfig } => Mode::Kubernetes(kube_client(kubeconfig.as_deref()).await?),
+            Source::Directory {
+                path,
+                poll,
+                bootstrap_tokens,
+            } => Mode::Directory {
+                path,
+                poll: *poll,
+                bootstrap_tokens,
+            },
         };
-        let ca = Arc::new(match (&config.supplied_ca, &client) {
+        let kubernetes = matches!(mode, Mode::Kubernetes(_));
+        let ca = Arc::new(match (&config.supplied_ca, &mode) {
             (Some(supplied), _) => ca::load_ca_files(&supplied.cert, &supplied.key, supplied.chain.as_deref())?,
-            (None, Some(client)) => ca::load_or_create_secret(client.clone(), &config.trust_domain).await?,
-            (None, None) => ca::load_or_generate_in_dir(&config.state_dir, &config.trust_domain)?,
+            (None, Mode::Kubernetes(client)) => ca::load_or_create_secret(client.clone(), &config.trust_domain).await?,
+            (None, Mode::Directory { .. }) => ca::load_or_generate_in_dir(&config.state_dir, &config.trust_domain)?,
         });
         let root_pem = ca.root_pem();
-        let authenticator: Arc<dyn Authenticator> = match (&client, &config.bootstrap_tokens) {
-            (Some(client), _) => Arc::new(TokenReviewAuthenticator::new(
+        let authenticator: Arc<dyn Authenticator> = match &mode {
+            Mode::Kubernetes(client) => Arc::new(TokenReviewAuthenticator::new(
                 client.clone(),
                 vec![ca::DEFAULT_AUDIENCE.to_owned()],
             )),
-            (None, Some(path)) => Arc::new(BootstrapTokens::from_file(path)?),
-            (None, None) => unreachable_local_without_tokens(),
+            Mode::Directory { bootstrap_tokens, .. } => Arc::new(BootstrapTokens::from_file(bootstrap_tokens)?),
         };
 
         let index = Arc::new(RwLock::new(Index::new(ambit_index::Config {
@@ -180,12 +199,12 @@ impl Operator {
         );
 
         // Leadership: in Kubernetes by Lease; a local operator is alone and always leads.
-        let (leading_tx, leading) = watch::channel(client.is_none());
+        let (leading_tx, leading) = watch::channel(!kubernetes);
         let (events_tx, events_rx) = mpsc::channel::<Event<Object>>(1024);
         let (status_tx, status_rx) = mpsc::unbounded_channel::<Vec<StatusUpdate>>();
         let (namespaces_tx, namespaces_rx) = mpsc::unbounded_channel::<String>();
-        let expected_syncs = match (&config.source, &client) {
-            (Source::Kubernetes { .. }, Some(client)) => {
+        let expected_syncs = match &mode {
+            Mode::Kubernetes(client) => {
                 objects::watch_all(client, &events_tx, &stop);
                 tasks.push(tokio::spawn(leader::run(
                     kube::Api::<Lease>::namespaced(client.clone(), &config.namespace),
@@ -214,11 +233,11 @@ impl Operator {
                 )));
                 objects::WATCHED_KINDS
             }
-            (Source::Directory { path, poll }, _) => {
+            Mode::Directory { path, poll, .. } => {
                 ca::write_root_file(&config.state_dir, &root_pem)?;
-                let directory = Directory::new(path.clone(), Box::new(objects::decode));
+                let directory = Directory::new(path.to_path_buf(), Box::new(objects::decode));
                 std::fs::read_dir(path).map_err(|source| StartError::Manifests {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     source,
                 })?;
                 tasks.push(tokio::spawn(scan_directory(
@@ -231,7 +250,6 @@ impl Operator {
                 drop((status_rx, namespaces_rx, leading_tx));
                 1
             }
-            (Source::Kubernetes { .. }, None) => unreachable_local_without_tokens(),
         };
         drop(events_tx);
         let synced = Arc::new(AtomicBool::new(false));
@@ -245,8 +263,8 @@ impl Operator {
             events_rx,
             expected_syncs,
             IndexOutputs {
-                statuses: client.is_some().then_some(status_tx),
-                namespaces: client.is_some().then_some(namespaces_tx),
+                statuses: kubernetes.then_some(status_tx),
+                namespaces: kubernetes.then_some(namespaces_tx),
                 synced: synced.clone(),
                 metrics: metrics.clone(),
             },
@@ -343,12 +361,6 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Clien
             .map_err(|e| StartError::KubeConfig(e.to_string()))?,
     };
     kube::Client::try_from(config).map_err(StartError::Kube)
-}
-
-/// `Config` refuses a manifest directory without bootstrap tokens and Kubernetes mode always has
-/// a client; this is the arm the types cannot rule out.
-fn unreachable_local_without_tokens() -> ! {
-    panic!("config invariant broken: a source without a way to authenticate callers")
 }
 
 /// Where the index loop sends what it learns, besides the xDS store.

@@ -120,8 +120,13 @@ fn default_identity() -> String {
 pub enum Source {
     /// The Kubernetes API: from this kubeconfig file, else in-cluster config or `KUBECONFIG`.
     Kubernetes { kubeconfig: Option<PathBuf> },
-    /// A local directory of manifests, rescanned every `poll`.
-    Directory { path: PathBuf, poll: Duration },
+    /// A local directory of manifests, rescanned every `poll`; ztunnels authenticate with the
+    /// bootstrap tokens of the `bootstrap_tokens` file.
+    Directory {
+        path: PathBuf,
+        poll: Duration,
+        bootstrap_tokens: PathBuf,
+    },
 }
 
 /// The user-supplied CA, when there is one.
@@ -137,7 +142,6 @@ pub struct SuppliedCa {
 pub struct Config {
     pub source: Source,
     pub state_dir: PathBuf,
-    pub bootstrap_tokens: Option<PathBuf>,
     pub supplied_ca: Option<SuppliedCa>,
     pub grpc_addr: SocketAddr,
     pub monitoring_addr: SocketAddr,
@@ -168,14 +172,15 @@ impl TryFrom<Args> for Config {
     fn try_from(a: Args) -> Result<Self, ConfigError> {
         let source = match a.manifests {
             Some(path) => {
-                if a.bootstrap_tokens.is_none() {
+                let Some(bootstrap_tokens) = a.bootstrap_tokens else {
                     return Err(ConfigError(
                         "--bootstrap-tokens is required with --manifests: without a Kubernetes API there is no other way to authenticate ztunnels".into(),
                     ));
-                }
+                };
                 Source::Directory {
                     path,
                     poll: a.manifest_poll,
+                    bootstrap_tokens,
                 }
             }
             None => Source::Kubernetes {
@@ -201,7 +206,6 @@ impl TryFrom<Args> for Config {
         Ok(Config {
             source,
             state_dir: a.state_dir,
-            bootstrap_tokens: a.bootstrap_tokens,
             supplied_ca: a.ca_cert.zip(a.ca_key).map(|(cert, key)| SuppliedCa {
                 cert,
                 key,

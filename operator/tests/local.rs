@@ -53,9 +53,9 @@ impl Layout {
         let source = Source::Directory {
             path: self.path("manifests"),
             poll: Duration::from_millis(50),
+            bootstrap_tokens: self.path("tokens.yaml"),
         };
         Config {
-            bootstrap_tokens: Some(self.path("tokens.yaml")),
             grpc_addr,
             ..support::config(source, self.path("state"), "operator-test")
         }
@@ -651,6 +651,7 @@ async fn a_missing_manifest_directory_stops_the_start() {
     config.source = Source::Directory {
         path: missing.to_path_buf(),
         poll: Duration::from_millis(50),
+        bootstrap_tokens: layout.path("tokens.yaml"),
     };
     let error = match Operator::start(config).await {
         Ok(operator) => {

@@ -36,7 +36,6 @@ pub fn config(source: Source, state_dir: PathBuf, pod_name: &str) -> Config {
     Config {
         source,
         state_dir,
-        bootstrap_tokens: None,
         supplied_ca: None,
         grpc_addr: "127.0.0.1:0".parse().expect("addr"),
         monitoring_addr: "127.0.0.1:0".parse().expect("addr"),
