@@ -26,7 +26,7 @@ use crate::config::{Config, Source};
 use crate::leader::{self, LeaseConfig};
 use crate::objects;
 use crate::push::Projection;
-use crate::source::directory::{Change, Directory};
+use ambit_manifests::{Change, Directory};
 use crate::source::kubernetes::Event;
 use crate::status::{self, StatusUpdate};
 

@@ -6,7 +6,6 @@ pub mod ca;
 pub mod config;
 pub mod grpc;
 pub mod leader;
-pub mod manifest;
 pub mod objects;
 pub mod push;
 pub mod source;

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::manifest::Document;
+use ambit_manifests::Document;
 use crate::source::kubernetes::{self, Event};
 
 const CORE: &str = "";

@@ -1,5 +1,4 @@
 //! Where the operator learns the cluster state: Kubernetes watches or a local manifest directory.
 //! Both feed the same index.
 
-pub mod directory;
 pub mod kubernetes;

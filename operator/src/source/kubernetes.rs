@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::directory::{Change, ObjectKey};
+use ambit_manifests::{Change, ObjectKey};
 
 /// What a watcher sends the operator's index loop.
 #[derive(Debug)]

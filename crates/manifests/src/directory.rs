@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
 
-use crate::manifest::{self, Document, DocumentError};
+use crate::document::{self as manifest, Document, DocumentError};
 
 /// Identifies an object across scans: API group (without version), kind, namespace, name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
