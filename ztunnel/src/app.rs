@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -26,6 +26,7 @@ use crate::{
     certs::{CaClient, CaClientConfig},
     config::{CertSource, Config, ConfigSource, OperatorEndpoint},
     metrics::Metrics,
+    netns::PodNetns,
     proxy::{self, PodProxy, ProxyInputs},
     source,
 };
@@ -60,15 +61,17 @@ pub enum StartError {
 
 /// What a running pod proxy was started from; a change restarts it.
 #[derive(PartialEq, Eq)]
-struct PodSpec {
-    netns: PathBuf,
-    ip: Option<IpAddr>,
+pub(crate) struct PodSpec {
+    /// The netns path from the config file, or `zds:<uid>` for a namespace handed over by fd.
+    pub netns: PathBuf,
+    pub ip: Option<IpAddr>,
 }
 
+/// The captured pods: keyed by `namespace/name` in config-file mode, by pod uid in ZDS mode.
 #[derive(Default)]
-struct Pods {
-    running: BTreeMap<String, (PodSpec, PodProxy)>,
-    failed: BTreeMap<String, String>,
+pub(crate) struct Pods {
+    pub running: BTreeMap<String, (PodSpec, PodProxy)>,
+    pub failed: BTreeMap<String, String>,
 }
 
 pub struct Ztunnel {
@@ -176,8 +179,16 @@ impl Ztunnel {
         let readiness_listener = bind("readiness", config.readiness_addr).await?;
 
         let pods = Arc::new(Mutex::new(Pods::default()));
-        let ready = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicBool::new(config.zds_socket.is_some()));
         reconcile(&inputs, &config, &pods, &ready);
+        if let Some(socket) = &config.zds_socket {
+            tokio::spawn(crate::inpod::run(
+                socket.clone(),
+                inputs.clone(),
+                pods.clone(),
+                background.clone(),
+            ));
+        }
 
         tokio::spawn(reconcile_loop(
             inputs.clone(),
@@ -231,62 +242,25 @@ impl Ztunnel {
     }
 }
 
-/// Reads the `--pod-netns-map` file (`<namespace>/<pod>: /run/netns/NAME`), the stand-in for
-/// the pod netns paths the CNI will hand over (ZDS) and xDS does not carry. An unreadable file
-/// counts as empty, with a warning: its pods then show as not captured.
-fn pod_netns_map(path: &Path) -> BTreeMap<String, PathBuf> {
-    let parsed = std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|text| serde_norway::from_str::<Option<BTreeMap<String, PathBuf>>>(&text).map_err(|e| e.to_string()));
-    parsed
-        .unwrap_or_else(|error| {
-            tracing::warn!(path = %path.display(), %error, "cannot read the pod netns map");
-            None
-        })
-        .unwrap_or_default()
-}
-
+/// Config-file mode: captures the pods of this node whose netns path the file gives.
 fn reconcile(inputs: &Arc<ProxyInputs>, config: &Config, pods: &Mutex<Pods>, ready: &AtomicBool) {
-    let node = config.node.as_str();
     let state = inputs.state();
-    let netns_map = config.pod_netns_map.as_deref().map(|path| (path, pod_netns_map(path)));
-    // With a netns map, a pod of this node it does not list is one ztunnel should capture but
-    // cannot yet: reported (and retried) rather than skipped.
-    let mut unmapped = BTreeMap::new();
+    if config.zds_socket.is_some() {
+        // In-pod mode: the agent decides which pods are captured (crate::inpod).
+        refresh_certificates(inputs, &state, &pods.lock().unwrap_or_else(|e| e.into_inner()));
+        return;
+    }
     let desired: BTreeMap<String, (PodSpec, Arc<ambit_model::Workload>)> = state
-        .workloads_on_node(node)
+        .workloads_on_node(&config.node)
         .filter_map(|w| {
-            let netns = w.netns.clone().or_else(|| {
-                let (path, map) = netns_map.as_ref()?;
-                let found = map.get(&w.key()).cloned();
-                if found.is_none() {
-                    let reason = format!("no network namespace for pod {} in {}", w.key(), path.display());
-                    unmapped.insert(w.key(), reason);
-                }
-                found
-            })?;
-            Some((
-                w.key(),
-                (
-                    PodSpec {
-                        netns,
-                        ip: w.addresses.first().copied(),
-                    },
-                    w.clone(),
-                ),
-            ))
+            let netns = w.netns.clone()?;
+            let spec = PodSpec {
+                netns,
+                ip: w.addresses.first().copied(),
+            };
+            Some((w.key(), (spec, w.clone())))
         })
         .collect();
-    // Certificates follow the pods: fetched ahead of their first connection, forgotten (and no
-    // longer renewed) once no pod on this node uses the identity.
-    let identities: BTreeSet<_> = desired
-        .values()
-        .filter_map(|(_, w)| proxy::identity_of(w).ok())
-        .collect();
-    inputs.certs.retain(|id| identities.contains(id));
-    for id in &identities {
-        inputs.certs.prefetch(id);
-    }
     let mut pods = pods.lock().unwrap_or_else(|e| e.into_inner());
     pods.running.retain(|key, (spec, _)| {
         let keep = desired.get(key).is_some_and(|(d, _)| d == spec);
@@ -295,22 +269,45 @@ fn reconcile(inputs: &Arc<ProxyInputs>, config: &Config, pods: &Mutex<Pods>, rea
         }
         keep
     });
-    pods.failed = unmapped;
+    pods.failed.clear();
     for (key, (spec, workload)) in desired {
         if pods.running.contains_key(&key) {
             continue;
         }
-        match proxy::start_pod(inputs, &workload, &spec.netns) {
+        let started = PodNetns::open(&spec.netns)
+            .map_err(|e| e.to_string())
+            .and_then(|netns| {
+                proxy::start_pod(inputs, &workload.namespace, &workload.name, netns).map_err(|e| e.to_string())
+            });
+        match started {
             Ok(p) => {
                 pods.running.insert(key, (spec, p));
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot capture pod; will retry");
-                pods.failed.insert(key, e.to_string());
+                tracing::error!(workload = %key, error = %e, "cannot capture pod; will retry");
+                pods.failed.insert(key, e);
             }
         }
     }
+    refresh_certificates(inputs, &state, &pods);
     ready.store(pods.failed.is_empty(), Ordering::Release);
+}
+
+/// Certificates follow the captured pods: fetched ahead of their first connection, forgotten
+/// (and no longer renewed) once no captured pod uses the identity.
+pub(crate) fn refresh_certificates(inputs: &ProxyInputs, state: &State, pods: &Pods) {
+    let identities: BTreeSet<_> = pods
+        .running
+        .values()
+        .filter_map(|(_, p)| {
+            let (namespace, name) = p.key.split_once('/')?;
+            proxy::identity_of(state.workload_by_name(namespace, name)?).ok()
+        })
+        .collect();
+    inputs.certs.retain(|id| identities.contains(id));
+    for id in &identities {
+        inputs.certs.prefetch(id);
+    }
 }
 
 async fn reconcile_loop(
@@ -404,7 +401,7 @@ fn config_dump_route(inputs: &Arc<ProxyInputs>, node: &str, pods: &Arc<Mutex<Pod
             let captured: Vec<_> = pods
                 .running
                 .iter()
-                .map(|(k, (spec, _))| serde_json::json!({ "workload": k, "netns": spec.netns, "ip": spec.ip }))
+                .map(|(k, (spec, proxy))| serde_json::json!({ "key": k, "workload": proxy.key, "netns": spec.netns, "ip": spec.ip }))
                 .collect();
             let dump = serde_json::json!({
                 "node": node,

@@ -76,11 +76,11 @@ pub struct Args {
     /// HBONE connections with no open stream for this long are closed.
     #[arg(long, env = "AMBIT_ZTUNNEL_POOL_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub pool_idle_timeout: Duration,
-    /// Stand-in until the CNI hands pods over (ZDS): a YAML file mapping `<namespace>/<pod>` to
-    /// the pod's network namespace path (`/run/netns/NAME`), for workloads whose source gives
-    /// none (xDS never does). Read again on every reconcile, so add a pod's entry before the pod.
-    #[arg(long, env = "AMBIT_ZTUNNEL_POD_NETNS_MAP")]
-    pub pod_netns_map: Option<PathBuf>,
+    /// In-pod mode: the node agent's ZDS socket. The agent hands each enrolled pod's network
+    /// namespace over it and ztunnel opens the pod's listeners there. Without it, pods are
+    /// captured from the network namespace paths in the `--config` file (development mode).
+    #[arg(long, env = "AMBIT_ZTUNNEL_ZDS_SOCKET")]
+    pub zds_socket: Option<PathBuf>,
     /// Tokio worker threads. One avoids the cross-thread wakeups that dominate a small node's
     /// per-request cost; raise it where one core cannot carry the node's traffic.
     #[arg(long, env = "AMBIT_ZTUNNEL_WORKER_THREADS", default_value_t = 1)]
@@ -133,8 +133,8 @@ pub struct Config {
     pub readiness_addr: SocketAddr,
     pub drain_timeout: Duration,
     pub pool_idle_timeout: Duration,
-    /// `--pod-netns-map`: pod netns paths the config source does not carry (pre-ZDS stand-in).
-    pub pod_netns_map: Option<PathBuf>,
+    /// `--zds-socket`: pods come from the node agent (in-pod mode), not from the config file.
+    pub zds_socket: Option<PathBuf>,
     pub worker_threads: usize,
 }
 
@@ -192,7 +192,7 @@ impl TryFrom<Args> for Config {
             readiness_addr: a.readiness_addr,
             drain_timeout: a.drain_timeout,
             pool_idle_timeout: a.pool_idle_timeout,
-            pod_netns_map: a.pod_netns_map,
+            zds_socket: a.zds_socket,
             worker_threads: a.worker_threads.max(1),
         })
     }

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod certs;
 pub mod config;
+pub mod inpod;
 pub mod metrics;
 pub mod netns;
 pub mod proxy;

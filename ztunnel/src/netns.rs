@@ -62,6 +62,15 @@ impl PodNetns {
         })
     }
 
+    /// A namespace handed over as an open descriptor (ZDS); `label` names it in logs.
+    pub fn from_fd(fd: std::os::fd::OwnedFd, label: impl Into<PathBuf>) -> Result<Self, NetnsError> {
+        home()?;
+        Ok(PodNetns {
+            file: File::from(fd),
+            path: label.into(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -103,17 +103,26 @@ pub fn identity_of(w: &Workload) -> Result<SpiffeId, ambit_identity::SpiffeIdErr
     SpiffeId::new(&w.trust_domain, &w.namespace, &w.service_account)
 }
 
-/// A captured pod: its namespace and address, as the listeners see it.
+/// A captured pod, as the listeners see it: which workload it is and its network namespace.
+/// The workload is looked up per connection, by name, so a pod can be captured before the
+/// config has its address (the CNI hands it over before the API knows the pod's IP).
 pub struct Pod {
+    pub namespace: String,
+    pub name: String,
     pub key: String,
-    pub ip: IpAddr,
     pub netns: PodNetns,
+}
+
+impl Pod {
+    /// This pod's workload in `state`, if it has one.
+    pub fn workload(&self, state: &State) -> Option<Arc<Workload>> {
+        state.workload_by_name(&self.namespace, &self.name).cloned()
+    }
 }
 
 /// The running listeners of one pod; dropping it (or cancelling) closes them.
 pub struct PodProxy {
     pub key: String,
-    pub netns: std::path::PathBuf,
     stop: CancellationToken,
 }
 
@@ -124,43 +133,24 @@ impl Drop for PodProxy {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PodError {
-    #[error("workload {workload}: {source}")]
-    Netns {
-        workload: String,
-        source: crate::netns::NetnsError,
-    },
-    #[error("workload {workload}: cannot listen on {addr} in {netns}: {source}")]
-    Listen {
-        workload: String,
-        addr: SocketAddr,
-        netns: String,
-        source: std::io::Error,
-    },
-    #[error("workload {workload} has no address")]
-    NoAddress { workload: String },
+#[error("pod {pod}: cannot listen on {addr} in {netns}: {source}")]
+pub struct PodError {
+    pod: String,
+    addr: SocketAddr,
+    netns: String,
+    source: std::io::Error,
 }
 
-/// Opens the three listeners inside `workload`'s namespace and starts serving them.
-pub fn start_pod(
-    inputs: &Arc<ProxyInputs>,
-    workload: &Workload,
-    netns_path: &std::path::Path,
-) -> Result<PodProxy, PodError> {
-    let key = workload.key();
-    let ip = *workload
-        .addresses
-        .first()
-        .ok_or_else(|| PodError::NoAddress { workload: key.clone() })?;
-    let netns = PodNetns::open(netns_path).map_err(|source| PodError::Netns {
-        workload: key.clone(),
-        source,
-    })?;
+/// Opens the three listeners inside pod `namespace/name`'s network namespace and starts
+/// serving them. Binding happens before this returns, so a caller that acknowledges the pod
+/// afterwards (ZDS) only does so once its traffic has somewhere to go.
+pub fn start_pod(inputs: &Arc<ProxyInputs>, namespace: &str, name: &str, netns: PodNetns) -> Result<PodProxy, PodError> {
+    let key = format!("{namespace}/{name}");
     let listen = |addr: SocketAddr| -> Result<TcpListener, PodError> {
-        netns.listen(addr).map_err(|source| PodError::Listen {
-            workload: key.clone(),
+        netns.listen(addr).map_err(|source| PodError {
+            pod: key.clone(),
             addr,
-            netns: netns_path.display().to_string(),
+            netns: netns.path().display().to_string(),
             source,
         })
     };
@@ -168,9 +158,11 @@ pub fn start_pod(
     let outbound = listen(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), OUTBOUND_PORT))?;
     let plaintext = listen(SocketAddr::new(any, INBOUND_PLAINTEXT_PORT))?;
     let hbone = listen(SocketAddr::new(any, HBONE_PORT))?;
+    tracing::info!(pod = %key, netns = %netns.path().display(), "pod captured: listening on 15001, 15006, 15008");
     let pod = Arc::new(Pod {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
         key: key.clone(),
-        ip,
         netns,
     });
     let stop = inputs.drain.child_token();
@@ -189,12 +181,7 @@ pub fn start_pod(
         plaintext::handle,
     ));
     tokio::spawn(serve(inputs.clone(), pod, hbone, stop.clone(), inbound::handle));
-    tracing::info!(workload = %key, netns = %netns_path.display(), %ip, "pod captured: listening on 15001, 15006, 15008");
-    Ok(PodProxy {
-        key,
-        netns: netns_path.into(),
-        stop,
-    })
+    Ok(PodProxy { key, stop })
 }
 
 /// Serves one listener: each accepted connection runs `handle` on its own tracked task, so a

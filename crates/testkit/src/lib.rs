@@ -8,6 +8,8 @@
 //! [`cleanup_on_interrupt`] in binaries to cover Ctrl-C).
 
 mod cleanup;
+pub mod cni;
+pub mod cni_agent;
 mod command;
 mod http;
 pub mod mesh;

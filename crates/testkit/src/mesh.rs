@@ -259,8 +259,8 @@ pub struct XdsZtunnelFiles {
     pub xds_address: String,
     pub token_file: PathBuf,
     pub root_cert: PathBuf,
-    /// ztunnel's `--pod-netns-map`: `<namespace>/<pod>: /run/netns/NAME` (xDS carries no netns).
-    pub pod_netns_map: PathBuf,
+    /// The node agent's ZDS socket (`--zds-socket`): pods are handed over by the agent.
+    pub zds_socket: PathBuf,
 }
 
 impl Network {
@@ -310,8 +310,8 @@ impl Network {
             .arg("--root-cert")
             .arg(&files.root_cert)
             .args(["--operator-server-name", OPERATOR_SERVER_NAME])
-            .arg("--pod-netns-map")
-            .arg(&files.pod_netns_map)
+            .arg("--zds-socket")
+            .arg(&files.zds_socket)
             .args(["--node", &node.name]);
         self.spawn_ztunnel_command(node, cmd, extra_args)
     }
@@ -345,7 +345,7 @@ impl Operator {
 
 /// `result` of a readiness wait of `program` on `node`; a failure carries whether the process
 /// still runs and its log tail.
-fn ready_or_log(program: &str, node: &Node, process: &ProcessHandle, result: anyhow::Result<()>) -> anyhow::Result<()> {
+pub(crate) fn ready_or_log(program: &str, node: &Node, process: &ProcessHandle, result: anyhow::Result<()>) -> anyhow::Result<()> {
     let Err(e) = result else { return Ok(()) };
     let state = match process.try_wait() {
         Ok(Some(status)) => format!("{program} exited ({status})"),
@@ -405,7 +405,7 @@ pub fn find_ztunnel(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Binary `name` of package `package`: `explicit`, else next to the running executable (or its
 /// parent directory, for test binaries in `deps/`), else in `target/{release,debug}`.
-fn find_binary(name: &str, package: &str, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn find_binary(name: &str, package: &str, explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         if path.is_file() {
             return Ok(path.to_owned());

@@ -244,6 +244,16 @@ impl Network {
         })
     }
 
+    /// Creates an empty namespace for a pod on `node`, with only `lo` up: the CNI chain wires it
+    /// (see [`crate::cni`]). Deleted with the network like the others.
+    pub fn add_sandbox(&mut self, node: &Node, name: &str) -> anyhow::Result<Netns> {
+        let mut netns_name = format!("{}s{}-{}", self.prefix, node.index, sanitize(name));
+        netns_name.truncate(MAX_NETNS_NAME.max(self.prefix.len() + 8));
+        let netns = Netns::from_name(netns_name.trim_end_matches('-'));
+        self.create_netns(&netns)?;
+        Ok(netns)
+    }
+
     /// Runs `cmd` inside `ns` in its own process group, stdout and stderr to a file in
     /// [`Network::log_dir`]. The process is stopped (SIGTERM, then SIGKILL) when the network drops.
     pub fn spawn(&mut self, ns: &Netns, cmd: Command) -> anyhow::Result<ProcessHandle> {

@@ -23,7 +23,7 @@ const LISTENER: &str = "inbound_hbone";
 
 pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, stream: TcpStream, peer: SocketAddr) {
     let state = inputs.state();
-    let Some(me) = state.workload_by_ip(pod.ip).cloned() else {
+    let Some(me) = pod.workload(&state) else {
         inputs.metrics.refuse(LISTENER, "unknown_destination");
         return;
     };
@@ -103,8 +103,8 @@ async fn handle_stream(
         return;
     }
     // Any of this pod's addresses (dual-stack peers may pick either family).
-    let destination = match state.workload_by_ip(pod.ip) {
-        Some(w) if w.addresses.contains(&target.ip()) => w.clone(),
+    let destination = match pod.workload(&state) {
+        Some(w) if w.addresses.contains(&target.ip()) => w,
         _ => {
             inputs.metrics.refuse(LISTENER, "target_not_local");
             tracing::warn!(%peer, %target, pod = %pod.key, "CONNECT target is not this pod");

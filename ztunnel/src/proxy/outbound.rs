@@ -94,9 +94,9 @@ pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, mut client: TcpStre
         }
     };
     let state = inputs.state();
-    let Some(source) = state.workload_by_ip(pod.ip).cloned() else {
+    let Some(source) = pod.workload(&state) else {
         inputs.metrics.refuse(LISTENER, "unknown_source");
-        tracing::warn!(pod = %pod.key, ip = %pod.ip, "captured pod is no longer in the config; closing");
+        tracing::warn!(pod = %pod.key, "captured pod is not in the config (yet); closing");
         return;
     };
     // `meshed` is the destination workload when the connection goes over HBONE.
@@ -164,9 +164,14 @@ async fn tunnel(
     let source_id = identity_of(source).map_err(|e| ("bad_source_identity", e.to_string()))?;
     let destination_id = identity_of(workload).map_err(|e| ("bad_destination_identity", e.to_string()))?;
     let hbone_addr = SocketAddr::new(target.ip(), HBONE_PORT);
+    let source_ip = source
+        .addresses
+        .first()
+        .copied()
+        .ok_or(("no_source_address", format!("workload {} has no address", source.key())))?;
     let key = PoolKey {
         source: source_id.clone(),
-        source_ip: pod.ip,
+        source_ip,
         destination_identities: vec![destination_id.clone()],
         destination: hbone_addr,
     };

@@ -25,7 +25,7 @@ pub async fn handle(inputs: Arc<ProxyInputs>, pod: Arc<Pod>, mut client: TcpStre
         }
     };
     let state = inputs.state();
-    let Some(destination) = state.workload_by_ip(pod.ip).cloned() else {
+    let Some(destination) = pod.workload(&state) else {
         inputs.metrics.refuse(LISTENER, "unknown_destination");
         return;
     };

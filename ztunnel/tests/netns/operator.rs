@@ -1,8 +1,9 @@
 //! ztunnel in operator mode, as root, with real processes: `ambit-operator` runs in node1's
 //! namespace on its underlay address (172.30.0.1) and serves workload xDS and certificates from a
 //! directory of Kubernetes manifests; one ztunnel per node gets everything from it. Pods are
-//! described only as Kubernetes objects; their netns paths come from ztunnel's
-//! `--pod-netns-map`, the stand-in until the CNI hands pods over (ZDS).
+//! described only as Kubernetes objects; each node's real `ambit-cni-agent` hands them to its
+//! ztunnel over ZDS when the real `ambit-cni` plugin reports them (the pods' interfaces are
+//! wired by the test harness, so the plugin runs as if chained after them).
 
 use std::{
     collections::BTreeMap,
@@ -14,6 +15,7 @@ use std::{
 
 use ambit_testkit::{
     Network, Node, Pod,
+    cni_agent::{self, CniAgent},
     mesh::{self, Operator, OperatorFiles, XdsZtunnelFiles, Ztunnel},
 };
 use anyhow::Context as _;
@@ -40,8 +42,7 @@ struct OperatorMesh {
     z1: Ztunnel,
     z2: Ztunnel,
     manifests: PathBuf,
-    netns_map: PathBuf,
-    netns_entries: BTreeMap<String, PathBuf>,
+    agent2: CniAgent,
 }
 
 impl OperatorMesh {
@@ -87,12 +88,6 @@ impl OperatorMesh {
             &manifests.join("20-service.yaml"),
             &service_manifest("echo", VIP, "echo"),
         )?;
-        let netns_map = dir.join("pod-netns.yaml");
-        let netns_entries = BTreeMap::from([
-            (format!("{NAMESPACE}/client"), client.netns.path()),
-            (format!("{NAMESPACE}/server"), server.netns.path()),
-        ]);
-        write_netns_map(&netns_map, &netns_entries)?;
 
         let operator_files = OperatorFiles {
             binary: mesh::find_operator(None)?,
@@ -114,21 +109,39 @@ impl OperatorMesh {
         )?;
         operator.wait_ready(Duration::from_secs(30))?;
 
+        let (agent_binary, plugin) = (cni_agent::find_cni_agent(None)?, cni_agent::find_cni_plugin(None)?);
+        let mut spawn_agent = |node: &Node| -> anyhow::Result<CniAgent> {
+            let conf_dir = CniAgent::conf_dir_for(&dir, node);
+            std::fs::create_dir_all(&conf_dir)?;
+            write(
+                &conf_dir.join("10-wired.conflist"),
+                r#"{"cniVersion": "1.0.0", "name": "wired", "plugins": []}"#,
+            )?;
+            net.spawn_cni_agent(node, &agent_binary, &plugin, &manifests, &dir, &[])
+        };
+        let agent1 = spawn_agent(&node1)?;
+        let agent2 = spawn_agent(&node2)?;
+        agent1.wait_ready(Duration::from_secs(20))?;
+        agent2.wait_ready(Duration::from_secs(20))?;
+
         let ztunnel_args = ["--cert-ttl", cert_ttl, "--drain-timeout", "1s"];
-        let mut spawn_ztunnel = |node: &Node| {
+        let mut spawn_ztunnel = |node: &Node, agent: &CniAgent| {
             let files = XdsZtunnelFiles {
                 binary: PathBuf::from(env!("CARGO_BIN_EXE_ztunnel")),
                 xds_address: operator.xds_address(),
                 token_file: dir.join(format!("{}.token", node.name)),
                 root_cert: operator.root_cert.clone(),
-                pod_netns_map: netns_map.clone(),
+                zds_socket: agent.zds_socket.clone(),
             };
             net.spawn_xds_ztunnel(node, &files, &ztunnel_args)
         };
-        let z1 = spawn_ztunnel(&node1)?;
-        let z2 = spawn_ztunnel(&node2)?;
+        let z1 = spawn_ztunnel(&node1, &agent1)?;
+        let z2 = spawn_ztunnel(&node2, &agent2)?;
         z1.wait_ready(Duration::from_secs(20))?;
         z2.wait_ready(Duration::from_secs(20))?;
+        // The plugin's ADD returns once the node's ztunnel has the pod's listeners open.
+        agent1.add_wired_pod(&client, NAMESPACE)?;
+        agent2.add_wired_pod(&server, NAMESPACE)?;
         Ok(OperatorMesh {
             net,
             node1,
@@ -139,8 +152,7 @@ impl OperatorMesh {
             z1,
             z2,
             manifests,
-            netns_map,
-            netns_entries,
+            agent2,
         })
     }
 
@@ -154,10 +166,6 @@ fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
-}
-
-fn write_netns_map(path: &Path, entries: &BTreeMap<String, PathBuf>) -> anyhow::Result<()> {
-    write(path, &serde_norway::to_string(entries)?)
 }
 
 fn namespace_manifest(name: &str) -> String {
@@ -390,20 +398,21 @@ fn operator_manifest_changes_apply_live_to_policies_and_pods() -> anyhow::Result
     })
     .context("removing the DENY policy did not let the client through again")?;
 
-    // A pod that appears later: netns entry first (the map is read on every reconcile), then
-    // the manifest.
+    // A pod that appears later: the object first (as in Kubernetes), then the runtime's ADD.
     let late = mesh.net.add_pod(&mesh.node2, "late")?;
-    late.install_capture()?;
     start_echo(&late, ECHO_PORT)?;
-    mesh.netns_entries
-        .insert(format!("{NAMESPACE}/late"), late.netns.path());
-    write_netns_map(&mesh.netns_map, &mesh.netns_entries)?;
     write(
         &mesh.manifests.join("10-late.yaml"),
         &pod_manifest(&late, NAMESPACE, "late", "late"),
     )?;
+    mesh.agent2.add_wired_pod(&late, NAMESPACE)?;
     wait_until(Duration::from_secs(10), || captured(&mesh.z2, "default/late"))
         .context("node2's ztunnel never captured the late pod")?;
+    // The ADD returns once node2's ztunnel listens in the pod; node1 learns the pod's address
+    // from the operator, independently.
+    let late_ip = format!("\"{}\"", late.ip);
+    wait_until(Duration::from_secs(10), || Ok(mesh.z1.config_dump()?.contains(&late_ip)))
+        .context("node1's ztunnel never learned the late pod's address")?;
     let late_addr = SocketAddr::from((late.ip, ECHO_PORT));
     let data = payload(256 << 10, b"LATE");
     assert!(
