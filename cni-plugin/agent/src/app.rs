@@ -74,12 +74,6 @@ impl CniAgent {
         let zds = ambit_zds::ZdsListener::bind(&config.zds_socket)?;
         let ztunnels = Ztunnels::new(config.zds_socket.clone(), config.ztunnel_timeout);
         let agent = Agent::new(config.backend, source.clone(), ztunnels.clone(), metrics.clone(), registry);
-        let snapshot_agent = agent.clone();
-        tokio::spawn(
-            ztunnels
-                .clone()
-                .serve(zds, Arc::new(move || snapshot_agent.snapshot()), stop.clone()),
-        );
 
         let plugin_socket = server::bind(&config.socket).map_err(|source| StartError::Socket {
             what: "plugin socket",
@@ -105,11 +99,18 @@ impl CniAgent {
         tracing::info!(node = %config.node, socket = %config.socket.display(), zds = %config.zds_socket.display(), backend = ?config.backend, "CNI agent started");
         let loop_agent = agent.clone();
         let loop_stop = stop.clone();
+        let loop_ztunnels = ztunnels.clone();
         tokio::spawn(async move {
             if synced.wait_for(|s| *s).await.is_err() {
                 return;
             }
             let mut changes = source.subscribe();
+            // The pods recorded before a restart are enrolled again before any ztunnel gets a
+            // snapshot: an early, empty one would make ztunnel drop them.
+            let cluster = changes.borrow_and_update().clone();
+            loop_agent.reconcile(&cluster).await;
+            let snapshot_agent = loop_agent.clone();
+            tokio::spawn(loop_ztunnels.serve(zds, Arc::new(move || snapshot_agent.snapshot()), loop_stop.clone()));
             loop {
                 if let Some(install) = &config.install {
                     let ok = match install::install(install, &config.socket, &config.state_dir) {
