@@ -2,7 +2,7 @@
 # Run as root on Debian: the network-namespace tests, the demo and the bench need it.
 
 CARGO ?= cargo
-APT_PACKAGES := iproute2 nftables tcpdump openssl
+APT_PACKAGES := iproute2 nftables iptables tcpdump openssl containernetworking-plugins
 # kubectl drives the operator's tests against the in-memory API server (crates/kube-emulator).
 KUBECTL_PACKAGE := kubernetes-client
 BENCH_PACKAGES := iperf3 haproxy util-linux

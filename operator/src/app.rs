@@ -26,9 +26,9 @@ use crate::config::{Config, Source};
 use crate::leader::{self, LeaseConfig};
 use crate::objects;
 use crate::push::Projection;
-use ambit_manifests::{Change, Directory};
 use crate::source::kubernetes::Event;
 use crate::status::{self, StatusUpdate};
+use ambit_manifests::{Change, Directory};
 
 /// The leader Lease's name, in the operator's namespace.
 pub const LEASE_NAME: &str = "ambit-operator";

@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use ambit_manifests::Document;
 use crate::source::kubernetes::{self, Event};
+use ambit_manifests::Document;
 
 const CORE: &str = "";
 const DISCOVERY: &str = "discovery.k8s.io";

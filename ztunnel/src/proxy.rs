@@ -144,7 +144,12 @@ pub struct PodError {
 /// Opens the three listeners inside pod `namespace/name`'s network namespace and starts
 /// serving them. Binding happens before this returns, so a caller that acknowledges the pod
 /// afterwards (ZDS) only does so once its traffic has somewhere to go.
-pub fn start_pod(inputs: &Arc<ProxyInputs>, namespace: &str, name: &str, netns: PodNetns) -> Result<PodProxy, PodError> {
+pub fn start_pod(
+    inputs: &Arc<ProxyInputs>,
+    namespace: &str,
+    name: &str,
+    netns: PodNetns,
+) -> Result<PodProxy, PodError> {
     let key = format!("{namespace}/{name}");
     let listen = |addr: SocketAddr| -> Result<TcpListener, PodError> {
         netns.listen(addr).map_err(|source| PodError {

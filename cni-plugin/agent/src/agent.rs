@@ -92,7 +92,9 @@ impl Agent {
         };
         self.metrics.cni_request(command, outcome);
         match &reply {
-            PodReply::Error { code, msg, .. } => tracing::warn!(pod = %key, ?command, code, %msg, "CNI request refused"),
+            PodReply::Error { code, msg, .. } => {
+                tracing::warn!(pod = %key, ?command, code, %msg, "CNI request refused")
+            }
             PodReply::Ok { enrolled } => tracing::info!(pod = %key, ?command, enrolled, "CNI request done"),
         }
         reply
@@ -185,7 +187,11 @@ impl Agent {
         match installed {
             Ok(Ok(true)) if self.ztunnels.connected() > 0 => PodReply::Ok { enrolled: true },
             Ok(Ok(true)) => error(TRY_AGAIN_LATER, "no ztunnel is connected", String::new()),
-            Ok(Ok(false)) => error(CAPTURE_FAILED, &format!("the capture rules of pod {key} are missing"), String::new()),
+            Ok(Ok(false)) => error(
+                CAPTURE_FAILED,
+                &format!("the capture rules of pod {key} are missing"),
+                String::new(),
+            ),
             Ok(Err(e)) => error(CAPTURE_FAILED, "cannot read the capture rules", e.to_string()),
             Err(e) => error(CAPTURE_FAILED, "cannot read the capture rules", e.to_string()),
         }
@@ -197,7 +203,11 @@ impl Agent {
         let key = attachment.key();
         let backend = self.backend;
         let netns = attachment.netns.clone();
-        let ips = if attachment.ips.is_empty() { pod.ips.clone() } else { attachment.ips.clone() };
+        let ips = if attachment.ips.is_empty() {
+            pod.ips.clone()
+        } else {
+            attachment.ips.clone()
+        };
         let probe_ips = ips.clone();
         let installed = tokio::task::spawn_blocking(move || -> Result<File, String> {
             ambit_capture::install(backend, &netns).map_err(|e| e.to_string())?;
@@ -241,9 +251,12 @@ impl Agent {
     /// Undoes [`Self::enroll`] for `key` if it was enrolled: rules out of the pod, probe
     /// exemption off, ztunnel told. Best effort; failures are logged (a gone netns is fine).
     async fn unenroll(&self, key: &str) {
-        let Some(enrolled) = self.enrolled().remove(key) else { return };
+        let Some(enrolled) = self.enrolled().remove(key) else {
+            return;
+        };
         self.metrics.enrolled.set(self.enrolled().len() as i64);
-        let netns = Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(&*enrolled.handed.netns).to_string());
+        let netns =
+            Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(&*enrolled.handed.netns).to_string());
         self.remove_rules(key, &netns).await;
         let backend = self.backend;
         let ips = enrolled.ips.clone();

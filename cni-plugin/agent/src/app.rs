@@ -73,7 +73,13 @@ impl CniAgent {
 
         let zds = ambit_zds::ZdsListener::bind(&config.zds_socket)?;
         let ztunnels = Ztunnels::new(config.zds_socket.clone(), config.ztunnel_timeout);
-        let agent = Agent::new(config.backend, source.clone(), ztunnels.clone(), metrics.clone(), registry);
+        let agent = Agent::new(
+            config.backend,
+            source.clone(),
+            ztunnels.clone(),
+            metrics.clone(),
+            registry,
+        );
 
         let plugin_socket = server::bind(&config.socket).map_err(|source| StartError::Socket {
             what: "plugin socket",
@@ -82,12 +88,13 @@ impl CniAgent {
         })?;
         tokio::spawn(server::serve(plugin_socket, agent.clone(), stop.clone()));
 
-        let monitoring = ambit_telemetry::bind(config.monitoring_addr)
-            .await
-            .map_err(|source| StartError::Monitoring {
-                addr: config.monitoring_addr,
-                source,
-            })?;
+        let monitoring =
+            ambit_telemetry::bind(config.monitoring_addr)
+                .await
+                .map_err(|source| StartError::Monitoring {
+                    addr: config.monitoring_addr,
+                    source,
+                })?;
         let installed = Arc::new(AtomicBool::new(config.install.is_none()));
         let ready = Arc::new(AtomicBool::new(false));
         tokio::spawn(ambit_telemetry::serve(

@@ -31,7 +31,11 @@ pub struct Args {
     #[arg(long, env = "AMBIT_CNI_AGENT_SOCKET", default_value = ambit_cni::protocol::DEFAULT_AGENT_SOCKET)]
     pub socket: PathBuf,
     /// Where ztunnel connects to receive pods (ZDS).
-    #[arg(long, env = "AMBIT_CNI_AGENT_ZDS_SOCKET", default_value = "/var/run/ambit/ztunnel.sock")]
+    #[arg(
+        long,
+        env = "AMBIT_CNI_AGENT_ZDS_SOCKET",
+        default_value = "/var/run/ambit/ztunnel.sock"
+    )]
     pub zds_socket: PathBuf,
     /// The agent's records of the pods it handled, so a restart knows their network namespaces.
     #[arg(long, env = "AMBIT_CNI_AGENT_STATE_DIR", default_value = "/var/run/ambit/cni-agent")]

@@ -136,7 +136,9 @@ mod tests {
     #[test]
     fn namespace_label_enrolls_and_pod_label_overrides() {
         let mut cluster = Cluster::default();
-        cluster.namespaces.insert("mesh".into(), labels(&[(DATAPLANE_MODE, "ambient")]));
+        cluster
+            .namespaces
+            .insert("mesh".into(), labels(&[(DATAPLANE_MODE, "ambient")]));
         cluster.namespaces.insert("plain".into(), labels(&[]));
         cluster.insert_pod(pod("mesh", "a", &[]));
         cluster.insert_pod(pod("mesh", "out", &[(DATAPLANE_MODE, "none")]));
@@ -152,7 +154,10 @@ mod tests {
         assert!(matches!(cluster.decide("plain", "in"), Decision::Enroll(_)));
         assert_eq!(cluster.decide("mesh", "host"), Decision::Skip("host network"));
         assert_eq!(cluster.decide("mesh", "unknown"), Decision::Unknown);
-        assert_eq!(cluster.decide("plain", "unknown"), Decision::Skip("namespace not enrolled"));
+        assert_eq!(
+            cluster.decide("plain", "unknown"),
+            Decision::Skip("namespace not enrolled")
+        );
         assert_eq!(cluster.decide("nowhere", "x"), Decision::Skip("namespace not enrolled"));
     }
 

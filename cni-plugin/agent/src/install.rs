@@ -53,7 +53,10 @@ pub fn find_conflist(dir: &Path) -> Result<PathBuf, InstallError> {
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
 fn replace_file(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), InstallError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temp = path.with_file_name(format!(".{name}.ambit-tmp"));
     fs::write(&temp, bytes).map_err(io("cannot write", &temp))?;
     if let Some(mode) = mode {
@@ -106,7 +109,8 @@ fn original_copy(state_dir: &Path) -> PathBuf {
 /// Copies the plugin and adds our entry to the conflist. Idempotent: a conflist that already
 /// has our entry, as we would write it, is left untouched. Returns the conflist's path.
 pub fn install(install: &Install, agent_socket: &Path, state_dir: &Path) -> Result<PathBuf, InstallError> {
-    let binary = fs::read(&install.plugin_binary).map_err(io("cannot read the plugin binary", &install.plugin_binary))?;
+    let binary =
+        fs::read(&install.plugin_binary).map_err(io("cannot read the plugin binary", &install.plugin_binary))?;
     let target = install.bin_dir.join(PLUGIN_TYPE);
     if fs::read(&target).ok().as_deref() != Some(binary.as_slice()) {
         fs::create_dir_all(&install.bin_dir).map_err(io("cannot create", &install.bin_dir))?;
@@ -139,7 +143,7 @@ pub fn uninstall(install: &Install, state_dir: &Path) -> Result<(), InstallError
     let entries = fs::read_dir(&install.conf_dir).map_err(io("cannot read", &install.conf_dir))?;
     let original = fs::read(original_copy(state_dir)).ok();
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-        if !path.extension().is_some_and(|e| e == "conflist") {
+        if path.extension().is_none_or(|e| e != "conflist") {
             continue;
         }
         let Ok((_, value)) = read_conflist(&path) else { continue };
@@ -216,7 +220,10 @@ mod tests {
         let value: Value = serde_json::from_slice(&fs::read(&conflist).expect("read")).expect("json");
         let plugins = value["plugins"].as_array().expect("plugins");
         assert_eq!(plugins.len(), 3);
-        assert_eq!(plugins[2], json!({"type": "ambit-cni", "agentSocket": "/run/ambit/agent.sock"}));
+        assert_eq!(
+            plugins[2],
+            json!({"type": "ambit-cni", "agentSocket": "/run/ambit/agent.sock"})
+        );
         assert_eq!(plugins[0]["type"], "bridge", "order kept");
         assert!(install_cfg.bin_dir.join(PLUGIN_TYPE).exists());
         let other = fs::read_to_string(install_cfg.conf_dir.join("99-other.conflist")).expect("read");

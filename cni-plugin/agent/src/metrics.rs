@@ -35,8 +35,16 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let enrolled = Gauge::default();
         let ztunnels = Gauge::default();
-        registry.register("requests", "CNI plugin requests by command and outcome", requests.clone());
-        registry.register("enrolled_pods", "Pods of this node captured into ztunnel", enrolled.clone());
+        registry.register(
+            "requests",
+            "CNI plugin requests by command and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "enrolled_pods",
+            "Pods of this node captured into ztunnel",
+            enrolled.clone(),
+        );
         registry.register("ztunnel_connections", "ztunnels connected over ZDS", ztunnels.clone());
         Metrics {
             requests,

@@ -116,7 +116,9 @@ impl Registry {
     /// Forgets pod `key`, unless `container_id` names another sandbox than the recorded one (a
     /// late DEL of a sandbox the pod already replaced).
     pub fn remove(&mut self, key: &str, container_id: Option<&str>) -> Result<Option<Attachment>, RegistryError> {
-        let Some(current) = self.pods.get(key) else { return Ok(None) };
+        let Some(current) = self.pods.get(key) else {
+            return Ok(None);
+        };
         if container_id.is_some_and(|id| id != current.container_id) {
             return Ok(None);
         }
@@ -159,7 +161,11 @@ mod tests {
         assert_eq!(registry.get("demo/a").map(|a| a.container_id.as_str()), Some("c3"));
         assert!(!dir.path().join("broken.json").exists());
 
-        assert_eq!(registry.remove("demo/a", Some("c1")).expect("remove"), None, "stale DEL");
+        assert_eq!(
+            registry.remove("demo/a", Some("c1")).expect("remove"),
+            None,
+            "stale DEL"
+        );
         assert!(registry.remove("demo/a", Some("c3")).expect("remove").is_some());
         assert!(registry.remove("demo/a", None).expect("remove twice").is_none());
         assert_eq!(Registry::load(dir.path()).expect("reload").len(), 1);

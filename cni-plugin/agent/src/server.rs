@@ -70,9 +70,8 @@ async fn answer(stream: UnixStream, agent: Arc<Agent>) {
             },
         },
     };
-    let mut text = serde_json::to_string(&reply).unwrap_or_else(|e| {
-        format!(r#"{{"error":{{"code":999,"msg":"cannot encode the reply","details":"{e}"}}}}"#)
-    });
+    let mut text = serde_json::to_string(&reply)
+        .unwrap_or_else(|e| format!(r#"{{"error":{{"code":999,"msg":"cannot encode the reply","details":"{e}"}}}}"#));
     text.push('\n');
     if let Err(e) = write.write_all(text.as_bytes()).await {
         tracing::warn!(error = %e, "cannot answer the plugin");

@@ -139,7 +139,9 @@ impl ClusterSource {
     }
 
     async fn rescan(&self) -> Result<(), SourceError> {
-        let Inner::Directory(view) = &self.inner else { return Ok(()) };
+        let Inner::Directory(view) = &self.inner else {
+            return Ok(());
+        };
         let mut view = view.lock().await;
         let scan = view.directory.scan().map_err(|source| SourceError::Directory {
             path: view.directory.path().to_path_buf(),

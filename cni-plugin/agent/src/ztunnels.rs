@@ -33,7 +33,11 @@ pub enum HandOverError {
     #[error("no ztunnel is connected to {socket}; is ztunnel running on this node?")]
     NotConnected { socket: PathBuf },
     #[error("ztunnel #{connection} refused pod {uid}: {reason}")]
-    Refused { connection: u64, uid: String, reason: String },
+    Refused {
+        connection: u64,
+        uid: String,
+        reason: String,
+    },
     #[error("ztunnel #{connection} did not acknowledge pod {uid} within {timeout:?}")]
     Timeout {
         connection: u64,
@@ -115,7 +119,8 @@ impl Ztunnels {
         self.lock().push(Handle { id, tx });
         let result = async {
             for pod in snapshot() {
-                self.send(&mut connection, id, Command::Add(pod, oneshot::channel().0)).await?;
+                self.send(&mut connection, id, Command::Add(pod, oneshot::channel().0))
+                    .await?;
             }
             connection.snapshot_sent().await.map_err(|e| e.to_string())?;
             tracing::info!(connection = id, "snapshot sent");
@@ -170,13 +175,15 @@ impl Ztunnels {
     /// Hands `pod` to every connected ztunnel and waits for all acknowledgements.
     pub async fn add(&self, pod: HandedPod) -> Result<(), HandOverError> {
         let uid = pod.uid.clone();
-        self.broadcast(&uid, true, |reply| Command::Add(pod.clone(), reply)).await
+        self.broadcast(&uid, true, |reply| Command::Add(pod.clone(), reply))
+            .await
     }
 
     /// Tells every connected ztunnel that `uid` is gone; with none connected there is nothing to
     /// tell (a ztunnel that connects later gets a snapshot without the pod).
     pub async fn delete(&self, uid: &str) -> Result<(), HandOverError> {
-        self.broadcast(uid, false, |reply| Command::Del(uid.to_owned(), reply)).await
+        self.broadcast(uid, false, |reply| Command::Del(uid.to_owned(), reply))
+            .await
     }
 
     async fn broadcast(

@@ -71,7 +71,9 @@ fn pod_manifest(namespace: &str, name: &str, node: &str, labels: &[(&str, &str)]
         "spec:\n  nodeName: {node}\n  serviceAccountName: {name}\n  containers:\n    - name: app\n      image: example.invalid/{name}\n"
     ));
     if let Some(ip) = ip {
-        text.push_str(&format!("status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n    - ip: {ip}\n"));
+        text.push_str(&format!(
+            "status:\n  phase: Running\n  podIP: {ip}\n  podIPs:\n    - ip: {ip}\n"
+        ));
     }
     text
 }
@@ -186,7 +188,9 @@ impl CniMesh {
     }
 
     fn sandbox(&mut self, node: usize, namespace: &str, name: &str) -> anyhow::Result<Sandbox> {
-        let netns = self.net.add_sandbox(&self.nodes[node], &format!("{namespace}-{name}"))?;
+        let netns = self
+            .net
+            .add_sandbox(&self.nodes[node], &format!("{namespace}-{name}"))?;
         Ok(Sandbox {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -199,7 +203,13 @@ impl CniMesh {
 
     /// The runtime's job for a new pod: the Pod object exists first (as in Kubernetes), then the
     /// chain's ADD; the kubelet then reports the address the chain gave it.
-    fn create_pod(&mut self, node: usize, namespace: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<CniPod> {
+    fn create_pod(
+        &mut self,
+        node: usize,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<CniPod> {
         let sandbox = self.sandbox(node, namespace, name)?;
         let file = self.manifests.join(format!("20-{namespace}-{name}.yaml"));
         let node_name = self.nodes[node].name.clone();
@@ -208,16 +218,30 @@ impl CniMesh {
         self.finish_pod(node, sandbox, result, labels)
     }
 
-    fn finish_pod(&mut self, node: usize, sandbox: Sandbox, result: Value, labels: &[(&str, &str)]) -> anyhow::Result<CniPod> {
+    fn finish_pod(
+        &mut self,
+        node: usize,
+        sandbox: Sandbox,
+        result: Value,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<CniPod> {
         let address = result["ips"][0]["address"]
             .as_str()
             .with_context(|| format!("no address in the chain's result {result}"))?;
         let ip: Ipv4Addr = address.split('/').next().unwrap_or_default().parse()?;
         let node_name = self.nodes[node].name.clone();
-        let file = self.manifests.join(format!("20-{}-{}.yaml", sandbox.namespace, sandbox.name));
+        let file = self
+            .manifests
+            .join(format!("20-{}-{}.yaml", sandbox.namespace, sandbox.name));
         write(
             &file,
-            &pod_manifest(&sandbox.namespace, &sandbox.name, &node_name, labels, Some(IpAddr::V4(ip))),
+            &pod_manifest(
+                &sandbox.namespace,
+                &sandbox.name,
+                &node_name,
+                labels,
+                Some(IpAddr::V4(ip)),
+            ),
         )?;
         let netns_name = sandbox
             .netns
@@ -322,8 +346,15 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
     assert!(ruleset(&client.pod.netns)?.contains("table inet ambit"));
     for pod in [&optout, &outsider] {
         let rules = ruleset(&pod.pod.netns)?;
-        assert!(!rules.contains("ambit"), "{} must be left alone:\n{rules}", pod.pod.name);
-        assert!(!captured(&mesh.ztunnels[0], &format!("{}/{}", pod.sandbox.namespace, pod.pod.name))?);
+        assert!(
+            !rules.contains("ambit"),
+            "{} must be left alone:\n{rules}",
+            pod.pod.name
+        );
+        assert!(!captured(
+            &mesh.ztunnels[0],
+            &format!("{}/{}", pod.sandbox.namespace, pod.pod.name)
+        )?);
     }
 
     // Enrolled traffic goes through both ztunnels over mTLS; the wire between nodes shows only TLS.
@@ -332,16 +363,33 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
     let data: Vec<u8> = marker.iter().copied().cycle().take(256 << 10).collect();
     assert!(echo(&client.pod, server.pod.ip, &data)? == data, "client → server");
     let pcap = capture.stop()?;
-    assert!(!pcap_contains(&pcap, marker), "application bytes seen on the wire between nodes");
-    let into_server = [("reporter", "destination"), ("source_principal", "spiffe://cluster.local/ns/shop/sa/client")];
+    assert!(
+        !pcap_contains(&pcap, marker),
+        "application bytes seen on the wire between nodes"
+    );
+    let into_server = [
+        ("reporter", "destination"),
+        ("source_principal", "spiffe://cluster.local/ns/shop/sa/client"),
+    ];
     wait_until(Duration::from_secs(5), "node2's ztunnel counts the connection", || {
-        Ok(metric(&mesh.ztunnels[1].metrics()?, "istio_tcp_connections_opened_total", &into_server) >= 1.0)
+        Ok(metric(
+            &mesh.ztunnels[1].metrics()?,
+            "istio_tcp_connections_opened_total",
+            &into_server,
+        ) >= 1.0)
     })?;
 
     // Untouched pods talk directly: neither ztunnel sees them.
     assert_eq!(echo(&outsider.pod, optout.pod.ip, b"direct")?, b"direct");
     let z1 = mesh.ztunnels[0].metrics()?;
-    assert_eq!(metric(&z1, "istio_tcp_connections_opened_total", &[("source_workload", "outsider")]), 0.0);
+    assert_eq!(
+        metric(
+            &z1,
+            "istio_tcp_connections_opened_total",
+            &[("source_workload", "outsider")]
+        ),
+        0.0
+    );
 
     // A kubelet-style probe from the node reaches the enrolled app directly (the agent SNATs
     // node-local traffic to the probe address, which the pod's rules exempt).
@@ -352,7 +400,10 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
     drop(probe);
 
     // Un-enrolling the namespace takes every rule out of its pods; enrolling again puts them back.
-    write(&mesh.manifests.join("00-shop.yaml"), &namespace_manifest(MESH_NS, false))?;
+    write(
+        &mesh.manifests.join("00-shop.yaml"),
+        &namespace_manifest(MESH_NS, false),
+    )?;
     wait_until(Duration::from_secs(10), "the server's rules are removed", || {
         Ok(!ruleset(&server.pod.netns)?.contains("ambit") && !captured(&mesh.ztunnels[1], "shop/server")?)
     })?;
@@ -418,7 +469,10 @@ fn restarts_recover_every_pod_and_adds_fail_closed_while_ztunnel_is_down() -> an
         &mesh.manifests.join("20-shop-early.yaml"),
         &pod_manifest(MESH_NS, "early", "node1", &[], None),
     )?;
-    let refused = mesh.agents[0].runtime().add(&sandbox).expect_err("ADD with the agent down");
+    let refused = mesh.agents[0]
+        .runtime()
+        .add(&sandbox)
+        .expect_err("ADD with the agent down");
     assert!(format!("{refused:#}").contains("code Some(11)"), "{refused:#}");
     // The runtime tears a failed ADD down (DEL succeeds with the agent away) before retrying.
     mesh.agents[0].runtime().del(&sandbox, None)?;
@@ -441,17 +495,25 @@ fn restarts_recover_every_pod_and_adds_fail_closed_while_ztunnel_is_down() -> an
         &mesh.manifests.join("20-shop-late.yaml"),
         &pod_manifest(MESH_NS, "late", "node1", &[], None),
     )?;
-    let refused = mesh.agents[0].runtime().add(&sandbox).expect_err("ADD with ztunnel down");
-    assert!(format!("{refused:#}").contains("no ztunnel is connected"), "{refused:#}");
+    let refused = mesh.agents[0]
+        .runtime()
+        .add(&sandbox)
+        .expect_err("ADD with ztunnel down");
+    assert!(
+        format!("{refused:#}").contains("no ztunnel is connected"),
+        "{refused:#}"
+    );
     // The runtime cleans up a failed ADD before retrying.
     mesh.agents[0].runtime().del(&sandbox, None)?;
     let files = mesh.ztunnel_files[0].clone();
     let node = mesh.nodes[0].clone();
     mesh.ztunnels[0] = mesh.net.spawn_xds_ztunnel(&node, &files, &["--drain-timeout", "1s"])?;
     mesh.ztunnels[0].wait_ready(Duration::from_secs(20))?;
-    wait_until(Duration::from_secs(10), "the restarted ztunnel gets the snapshot", || {
-        Ok(captured(&mesh.ztunnels[0], "shop/client")? && captured(&mesh.ztunnels[0], "shop/early")?)
-    })?;
+    wait_until(
+        Duration::from_secs(10),
+        "the restarted ztunnel gets the snapshot",
+        || Ok(captured(&mesh.ztunnels[0], "shop/client")? && captured(&mesh.ztunnels[0], "shop/early")?),
+    )?;
     assert_eq!(echo(&client.pod, server.pod.ip, b"back")?, b"back");
     let result = mesh.agents[0].runtime().add(&sandbox)?;
     let late = mesh.finish_pod(0, sandbox, result, &[])?;

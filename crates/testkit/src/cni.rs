@@ -139,7 +139,9 @@ impl Runtime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("cannot run {}", binary.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", binary.display()))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(&serde_json::to_vec(&config)?)?;
         }
@@ -151,9 +153,13 @@ impl Runtime {
                 command,
                 plugin: kind,
                 code: error["code"].as_u64(),
-                msg: format!("{} {}", error["msg"].as_str().unwrap_or(""), error["details"].as_str().unwrap_or(""))
-                    .trim()
-                    .to_owned(),
+                msg: format!(
+                    "{} {}",
+                    error["msg"].as_str().unwrap_or(""),
+                    error["details"].as_str().unwrap_or("")
+                )
+                .trim()
+                .to_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }

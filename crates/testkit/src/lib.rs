@@ -26,4 +26,4 @@ pub use netns::{NETNS_DIR, Netns};
 pub use network::{Network, Node, Pod, write_sysctl};
 pub use pcap::{Capture, pcap_contains, pcap_tls_records};
 pub use process::ProcessHandle;
-pub use redirect::{CAPTURE_RULES, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ZTUNNEL_MARK};
+pub use redirect::{HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT, ZTUNNEL_MARK};

@@ -345,7 +345,12 @@ impl Operator {
 
 /// `result` of a readiness wait of `program` on `node`; a failure carries whether the process
 /// still runs and its log tail.
-pub(crate) fn ready_or_log(program: &str, node: &Node, process: &ProcessHandle, result: anyhow::Result<()>) -> anyhow::Result<()> {
+pub(crate) fn ready_or_log(
+    program: &str,
+    node: &Node,
+    process: &ProcessHandle,
+    result: anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let Err(e) = result else { return Ok(()) };
     let state = match process.try_wait() {
         Ok(Some(status)) => format!("{program} exited ({status})"),

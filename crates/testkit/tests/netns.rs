@@ -122,36 +122,6 @@ fn capture_on_node_eth0_sees_the_bytes() -> anyhow::Result<()> {
 }
 
 #[test]
-fn capture_rules_redirect_outbound_and_inbound() -> anyhow::Result<()> {
-    let (_net, _nodes, pods) = two_by_two("redir")?;
-    let (client, server) = (&pods[0], &pods[2]);
-
-    // Outbound: a connection to server:80 lands on the client's own 15001.
-    client.install_capture()?;
-    client.install_capture()?; // re-applying replaces, never duplicates
-    let ruleset = client.nft_ruleset()?;
-    assert_eq!(ruleset.matches("redirect to :15001").count(), 1, "{ruleset}");
-    let outbound = serve_once(client.tcp_listener(15001)?, client.ip);
-    let mut conn = client.tcp_connect(SocketAddr::from((server.ip, 80)))?;
-    conn.write_all(b"to-15001")?;
-    assert_eq!(outbound.join().map_err(|_| anyhow::anyhow!("panicked"))??, b"to-15001");
-    client.remove_capture()?;
-    client.remove_capture()?; // idempotent
-    assert!(!client.nft_ruleset()?.contains("ambit"));
-
-    // Inbound: plaintext to server:8080 lands on 15006; 15008 is left alone.
-    server.install_capture()?;
-    let inbound = serve_once(server.tcp_listener(15006)?, client.ip);
-    let mut conn = client.tcp_connect(SocketAddr::from((server.ip, 8080)))?;
-    conn.write_all(b"to-15006")?;
-    assert_eq!(inbound.join().map_err(|_| anyhow::anyhow!("panicked"))??, b"to-15006");
-    round_trip(client, server, 15008, b"hbone-port-untouched")?;
-    server.remove_capture()?;
-    round_trip(client, server, 8080, b"plain-again")?;
-    Ok(())
-}
-
-#[test]
 fn spawned_processes_run_inside_the_namespace_and_die_with_the_network() -> anyhow::Result<()> {
     let (mut net, _nodes, pods) = two_by_two("spawn")?;
     let mut cmd = Command::new("sh");

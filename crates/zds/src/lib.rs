@@ -23,7 +23,7 @@ pub use ambit_proto::istio::workload::zds::{Version, WorkloadInfo};
 pub use client::ZdsClient;
 pub use error::{ProtocolError, ZdsError};
 pub use server::{ZdsConnection, ZdsListener};
-pub use wire::{ZdsRequest, decode_request};
+pub use wire::{ZdsRequest, decode_ack, decode_hello, decode_request};
 
 /// Our receive buffer for one packet. Generous on purpose: a longer packet is an error
 /// ([`ProtocolError::Truncated`]), never silently cut.

@@ -106,7 +106,7 @@ fn named(uid: String, message: &'static str) -> Result<String, ProtocolError> {
 }
 
 /// Decodes ztunnel's hello; only V1 is accepted.
-pub(crate) fn decode_hello(bytes: &[u8], fds: usize) -> Result<Version, ProtocolError> {
+pub fn decode_hello(bytes: &[u8], fds: usize) -> Result<Version, ProtocolError> {
     no_fds("ZdsHello", fds)?;
     let hello = ZdsHello::decode(bytes).map_err(|reason| ProtocolError::Undecodable {
         message: "ZdsHello",
@@ -119,7 +119,7 @@ pub(crate) fn decode_hello(bytes: &[u8], fds: usize) -> Result<Version, Protocol
 }
 
 /// Decodes ztunnel's answer to a request: the ack's error string, empty on success.
-pub(crate) fn decode_ack(bytes: &[u8], fds: usize) -> Result<String, ProtocolError> {
+pub fn decode_ack(bytes: &[u8], fds: usize) -> Result<String, ProtocolError> {
     no_fds("WorkloadResponse", fds)?;
     let response = WorkloadResponse::decode(bytes).map_err(|reason| ProtocolError::Undecodable {
         message: "WorkloadResponse",

@@ -411,8 +411,10 @@ fn operator_manifest_changes_apply_live_to_policies_and_pods() -> anyhow::Result
     // The ADD returns once node2's ztunnel listens in the pod; node1 learns the pod's address
     // from the operator, independently.
     let late_ip = format!("\"{}\"", late.ip);
-    wait_until(Duration::from_secs(10), || Ok(mesh.z1.config_dump()?.contains(&late_ip)))
-        .context("node1's ztunnel never learned the late pod's address")?;
+    wait_until(Duration::from_secs(10), || {
+        Ok(mesh.z1.config_dump()?.contains(&late_ip))
+    })
+    .context("node1's ztunnel never learned the late pod's address")?;
     let late_addr = SocketAddr::from((late.ip, ECHO_PORT));
     let data = payload(256 << 10, b"LATE");
     assert!(
