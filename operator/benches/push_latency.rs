@@ -15,6 +15,8 @@
 //! Run: `cargo bench -p ambit-operator --bench push_latency`. Knobs (env): `RUNS` (default
 //! `delta:100,xds-client:100,delta:1000`), `PODS` (10000), `SERVICES` (1000), `NODES` (100),
 //! `CHANGES` (25), `GAP_MS` between changes (250). Operator log: `AMBIT_OPERATOR_LOG` (warn).
+//! `OPERATOR_BIN` runs another operator binary (a baseline build, to compare in one session);
+//! `OPERATOR_CPUS` pins the operator with `taskset -c` (pin the bench itself to other CPUs).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -284,7 +286,17 @@ impl OperatorProcess {
         let grpc = free_port()?;
         let monitoring = free_port()?;
         let log = dir.join("operator.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ambit-operator"))
+        let binary = std::env::var("OPERATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ambit-operator").to_owned());
+        // taskset execs the operator, so the child's pid (RSS, CPU) is still the operator's.
+        let mut command = match std::env::var("OPERATOR_CPUS") {
+            Ok(cpus) => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", &cpus]).arg(&binary);
+                command
+            }
+            Err(_) => Command::new(&binary),
+        };
+        let child = command
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .arg("--state-dir")
@@ -301,7 +313,7 @@ impl OperatorProcess {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
-            .context("cannot run the ambit-operator binary")?;
+            .with_context(|| format!("cannot run the operator binary {binary}"))?;
         Ok(OperatorProcess {
             child,
             grpc,

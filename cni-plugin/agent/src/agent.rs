@@ -43,6 +43,9 @@ pub struct Agent {
     registry: tokio::sync::Mutex<Registry>,
     /// Read by the ZDS snapshot of a connecting ztunnel, hence a plain mutex of its own.
     enrolled: Mutex<BTreeMap<String, Enrolled>>,
+    /// Pods (with the addresses looked for) whose namespace discovery did not find; not looked
+    /// for again until their addresses change.
+    undiscovered: Mutex<BTreeMap<String, Vec<IpAddr>>>,
 }
 
 impl Agent {
@@ -60,6 +63,7 @@ impl Agent {
             metrics,
             registry: tokio::sync::Mutex::new(registry),
             enrolled: Mutex::new(BTreeMap::new()),
+            undiscovered: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -157,7 +161,7 @@ impl Agent {
         let key = format!("{}/{}", request.pod_namespace, request.pod_name);
         let mut registry = self.registry.lock().await;
         let current = registry.get(&key).cloned();
-        if current.as_ref().is_some_and(|a| a.container_id != request.container_id) {
+        if current.as_ref().is_some_and(|a| !a.is_sandbox(&request.container_id)) {
             // A late DEL of a sandbox the pod already replaced: the live one keeps its capture.
             return PodReply::Ok { enrolled: false };
         }
@@ -314,6 +318,62 @@ impl Agent {
                     self.unenroll(&key).await;
                 }
                 _ => {}
+            }
+        }
+        self.discover(cluster, &mut registry).await;
+    }
+
+    /// Enrolls pods that belong in the mesh but never came through the plugin (they predate
+    /// Ambit on this node), finding their namespace by address.
+    async fn discover(&self, cluster: &Cluster, registry: &mut Registry) {
+        for pod in cluster.pods.values() {
+            let key = pod.key();
+            if pod.ips.is_empty() || registry.get(&key).is_some() {
+                continue;
+            }
+            let Decision::Enroll(pod) = cluster.decide(&pod.namespace, &pod.name) else {
+                continue;
+            };
+            if self.undiscovered.lock().unwrap_or_else(|e| e.into_inner()).get(&key) == Some(&pod.ips) {
+                continue;
+            }
+            let ips = pod.ips.clone();
+            let found = tokio::task::spawn_blocking(move || crate::discover::find_netns(&ips)).await;
+            let netns = match found {
+                Ok(Ok(Some(netns))) => netns,
+                Ok(Ok(None)) => {
+                    tracing::warn!(pod = %key, ips = ?pod.ips, "enrolled pod without a known network namespace on this node; it is captured when it restarts");
+                    self.undiscovered
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key, pod.ips.clone());
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(pod = %key, error = %e, "cannot look for the pod's network namespace");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %key, error = %e, "cannot look for the pod's network namespace");
+                    continue;
+                }
+            };
+            tracing::info!(pod = %key, netns = %netns.display(), "found a running pod's network namespace");
+            self.undiscovered.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            let attachment = Attachment {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                uid: pod.uid.clone().unwrap_or_else(|| key.clone()),
+                container_id: String::new(),
+                netns,
+                ips: pod.ips.clone(),
+            };
+            if let Err(e) = registry.upsert(attachment.clone()) {
+                tracing::warn!(pod = %key, error = %e, "cannot record the pod");
+                continue;
+            }
+            if let Err(PodReply::Error { msg, details, .. }) = self.enroll(&attachment, &pod).await {
+                tracing::warn!(pod = %key, %msg, %details, "enrollment incomplete");
             }
         }
     }

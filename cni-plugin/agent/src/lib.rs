@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod app;
 pub mod config;
+pub mod discover;
 pub mod enrollment;
 pub mod install;
 pub mod metrics;

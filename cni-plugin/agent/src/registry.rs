@@ -18,6 +18,7 @@ pub struct Attachment {
     pub name: String,
     /// The uid the pod goes by on ZDS (its Kubernetes uid when known).
     pub uid: String,
+    /// Empty for a pod found by [`crate::discover`] (its sandbox id is not known).
     pub container_id: String,
     pub netns: PathBuf,
     pub ips: Vec<IpAddr>,
@@ -26,6 +27,11 @@ pub struct Attachment {
 impl Attachment {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether sandbox `container_id` is this attachment's (any is, when it was discovered).
+    pub fn is_sandbox(&self, container_id: &str) -> bool {
+        self.container_id.is_empty() || self.container_id == container_id
     }
 }
 

@@ -300,6 +300,27 @@ fn echo(from: &Pod, to: Ipv4Addr, data: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(back)
 }
 
+/// `ambit-cni-agent --uninstall` on node `index`, as an operator would run it.
+fn uninstall(mesh: &CniMesh, index: usize) -> anyhow::Result<()> {
+    let agent = &mesh.agents[index];
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", mesh.nodes[index].netns.name()])
+        .arg(cni_agent::find_cni_agent(None)?)
+        .args(["--uninstall", "--node", &mesh.nodes[index].name, "--manifests"])
+        .arg(&mesh.manifests)
+        .arg("--state-dir")
+        .arg(&agent.state_dir)
+        .arg("--cni-conf-dir")
+        .arg(&agent.conf_dir)
+        .arg("--cni-bin-dir")
+        .arg(&agent.bin_dir)
+        .arg("--plugin-binary")
+        .arg(cni_agent::find_cni_plugin(None)?)
+        .status()?;
+    ensure!(status.success(), "uninstall failed: {status}");
+    Ok(())
+}
+
 fn ruleset(netns: &Netns) -> anyhow::Result<String> {
     netns.exec(&["nft", "list", "ruleset"])
 }
@@ -429,21 +450,7 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
     // Uninstalling puts the conflist back byte for byte and leaves nothing of ours behind.
     let agent = &mesh.agents[1];
     agent.process.stop(Duration::from_secs(5))?;
-    let status = std::process::Command::new("ip")
-        .args(["netns", "exec", mesh.nodes[1].netns.name()])
-        .arg(cni_agent::find_cni_agent(None)?)
-        .args(["--uninstall", "--node", "node2", "--manifests"])
-        .arg(&mesh.manifests)
-        .arg("--state-dir")
-        .arg(&agent.state_dir)
-        .arg("--cni-conf-dir")
-        .arg(&agent.conf_dir)
-        .arg("--cni-bin-dir")
-        .arg(&agent.bin_dir)
-        .arg("--plugin-binary")
-        .arg(cni_agent::find_cni_plugin(None)?)
-        .status()?;
-    ensure!(status.success(), "uninstall failed: {status}");
+    uninstall(&mesh, 1)?;
     let (path, original) = &mesh.original_conflists[1];
     assert_eq!(&std::fs::read_to_string(path)?, original, "conflist restored");
     assert!(!agent.bin_dir.join("ambit-cni").exists());
@@ -519,5 +526,46 @@ fn restarts_recover_every_pod_and_adds_fail_closed_while_ztunnel_is_down() -> an
     let late = mesh.finish_pod(0, sandbox, result, &[])?;
     mesh.wait_known(&late)?;
     assert_eq!(echo(&late.pod, server.pod.ip, b"late")?, b"late");
+    Ok(())
+}
+
+#[test]
+fn pods_running_before_the_agent_are_found_and_enrolled() -> anyhow::Result<()> {
+    let mut mesh = CniMesh::start("cnibefore")?;
+    let server = mesh.create_pod(1, MESH_NS, "server", &[])?;
+    // Ambit off node1: its conflist is back to the bridge alone, and a pod starts there.
+    mesh.agents[0].process.stop(Duration::from_secs(5))?;
+    uninstall(&mesh, 0)?;
+    let before = mesh.create_pod(0, MESH_NS, "before", &[])?;
+    assert!(!ruleset(&before.pod.netns)?.contains("ambit"), "started without Ambit");
+    mesh.wait_known(&server)?;
+    mesh.wait_known(&before)?;
+
+    // The agent comes (back): it finds the running pod's namespace by address and enrolls it.
+    let agent = mesh.net.restart_cni_agent(&mesh.agents[0])?;
+    agent.wait_ready(Duration::from_secs(20))?;
+    mesh.agents[0] = agent;
+    wait_until(Duration::from_secs(10), "the running pod is captured", || {
+        Ok(ruleset(&before.pod.netns)?.contains("table inet ambit") && captured(&mesh.ztunnels[0], "shop/before")?)
+    })?;
+    assert_eq!(echo(&before.pod, server.pod.ip, b"found")?, b"found");
+    let from_before = [
+        ("reporter", "source"),
+        ("source_principal", "spiffe://cluster.local/ns/shop/sa/before"),
+    ];
+    wait_until(
+        Duration::from_secs(5),
+        "node1's ztunnel counts the pod's connection",
+        || {
+            Ok(metric(
+                &mesh.ztunnels[0].metrics()?,
+                "istio_tcp_connections_opened_total",
+                &from_before,
+            ) >= 1.0)
+        },
+    )?;
+    // Its runtime's DEL (with the sandbox id the agent never saw) still releases it.
+    mesh.agents[0].runtime().del(&before.sandbox, Some(&before.result))?;
+    assert!(!ruleset(&before.pod.netns)?.contains("ambit"));
     Ok(())
 }
