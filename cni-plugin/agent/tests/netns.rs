@@ -526,6 +526,48 @@ fn restarts_recover_every_pod_and_adds_fail_closed_while_ztunnel_is_down() -> an
     let late = mesh.finish_pod(0, sandbox, result, &[])?;
     mesh.wait_known(&late)?;
     assert_eq!(echo(&late.pod, server.pod.ip, b"late")?, b"late");
+
+    // Hand-over: a second ztunnel connects (other admin ports), gets the snapshot and opens the
+    // same pod listeners beside the first (SO_REUSEPORT); the first drains away and traffic
+    // carries on through the second.
+    let files = &mesh.ztunnel_files[0];
+    let mut cmd = std::process::Command::new(&files.binary);
+    cmd.args(["--xds-address", &files.xds_address])
+        .arg("--token-file")
+        .arg(&files.token_file)
+        .arg("--root-cert")
+        .arg(&files.root_cert)
+        .args(["--operator-server-name", mesh::OPERATOR_SERVER_NAME])
+        .arg("--zds-socket")
+        .arg(&files.zds_socket)
+        .args(["--node", "node1", "--drain-timeout", "1s"])
+        .args(["--admin-addr", "127.0.0.1:16000", "--metrics-addr", "0.0.0.0:16020"])
+        .args(["--readiness-addr", "0.0.0.0:16021"]);
+    let node = mesh.nodes[0].clone();
+    let second = mesh.net.spawn(&node.netns, cmd)?;
+    let second_admin = SocketAddr::from((Ipv4Addr::LOCALHOST, 16000));
+    wait_until(Duration::from_secs(10), "the second ztunnel has every pod", || {
+        let (_, dump) = ambit_testkit::http_get(&node.netns, second_admin, "/config_dump")?;
+        Ok(["shop/client", "shop/early", "shop/late"]
+            .iter()
+            .all(|key| dump.contains(&format!("\"workload\": \"{key}\""))))
+    })?;
+    mesh.ztunnels[0].process.stop(Duration::from_secs(10))?;
+    for round in 0..5 {
+        let msg = format!("handed over {round}");
+        assert_eq!(echo(&client.pod, server.pod.ip, msg.as_bytes())?, msg.as_bytes());
+    }
+    let (_, metrics) =
+        ambit_testkit::http_get(&node.netns, SocketAddr::from((Ipv4Addr::LOCALHOST, 16020)), "/metrics")?;
+    let from_client = [
+        ("reporter", "source"),
+        ("source_principal", "spiffe://cluster.local/ns/shop/sa/client"),
+    ];
+    assert!(
+        metric(&metrics, "istio_tcp_connections_opened_total", &from_client) >= 5.0,
+        "{metrics}"
+    );
+    assert!(second.is_running());
     Ok(())
 }
 
