@@ -102,6 +102,11 @@ fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> anyhow::Resu
 
 impl CniMesh {
     fn start(name: &str) -> anyhow::Result<CniMesh> {
+        Self::start_with(name, &[])
+    }
+
+    /// Everything up, with `agent_args` added to both agents' command lines.
+    fn start_with(name: &str, agent_args: &[&str]) -> anyhow::Result<CniMesh> {
         let mut net = Network::new(name)?;
         let node1 = net.add_node("node1")?;
         let node2 = net.add_node("node2")?;
@@ -154,7 +159,7 @@ impl CniMesh {
             let path = conf_dir.join("10-bridge.conflist");
             write(&path, &text)?;
             originals.push((path, text));
-            agents.push(net.spawn_cni_agent(node, &agent_binary, &plugin, &manifests, &dir, &[])?);
+            agents.push(net.spawn_cni_agent(node, &agent_binary, &plugin, &manifests, &dir, agent_args)?);
         }
         for agent in &agents {
             agent.wait_ready(Duration::from_secs(20))?;
@@ -400,6 +405,16 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
         ) >= 1.0)
     })?;
 
+    // The agent's socket answers garbage with an error naming the problem, and keeps serving.
+    let mut raw = std::os::unix::net::UnixStream::connect(&mesh.agents[0].socket)?;
+    raw.write_all(b"{\"command\": \"ADD\", \"podName\": 7}\n")?;
+    let mut reply = String::new();
+    raw.read_to_string(&mut reply)?;
+    assert!(
+        reply.contains("\"code\":6") && reply.contains("cannot decode"),
+        "{reply}"
+    );
+
     // Untouched pods talk directly: neither ztunnel sees them.
     assert_eq!(echo(&outsider.pod, optout.pod.ip, b"direct")?, b"direct");
     let z1 = mesh.ztunnels[0].metrics()?;
@@ -609,5 +624,36 @@ fn pods_running_before_the_agent_are_found_and_enrolled() -> anyhow::Result<()> 
     // Its runtime's DEL (with the sandbox id the agent never saw) still releases it.
     mesh.agents[0].runtime().del(&before.sandbox, Some(&before.result))?;
     assert!(!ruleset(&before.pod.netns)?.contains("ambit"));
+    Ok(())
+}
+
+#[test]
+fn the_iptables_backend_captures_and_releases_pods_too() -> anyhow::Result<()> {
+    let mut mesh = CniMesh::start_with("cniipt", &["--redirect", "iptables"])?;
+    let client = mesh.create_pod(0, MESH_NS, "client", &[])?;
+    let server = mesh.create_pod(1, MESH_NS, "server", &[])?;
+    mesh.wait_known(&client)?;
+    mesh.wait_known(&server)?;
+    let rules = client.pod.netns.exec(&["iptables-save", "-t", "nat"])?;
+    assert!(rules.contains("-A OUTPUT -j AMBIT_OUTPUT"), "{rules}");
+    assert!(
+        !ruleset(&client.pod.netns)?.contains("table inet ambit"),
+        "no nftables table with iptables"
+    );
+    assert_eq!(echo(&client.pod, server.pod.ip, b"via iptables")?, b"via iptables");
+    let into_server = [
+        ("reporter", "destination"),
+        ("source_principal", "spiffe://cluster.local/ns/shop/sa/client"),
+    ];
+    wait_until(Duration::from_secs(5), "node2's ztunnel counts the connection", || {
+        Ok(metric(
+            &mesh.ztunnels[1].metrics()?,
+            "istio_tcp_connections_opened_total",
+            &into_server,
+        ) >= 1.0)
+    })?;
+    mesh.agents[0].runtime().del(&client.sandbox, Some(&client.result))?;
+    let rules = client.pod.netns.exec(&["iptables-save", "-t", "nat"])?;
+    assert!(!rules.contains("AMBIT"), "{rules}");
     Ok(())
 }
