@@ -53,6 +53,7 @@ crds:
 # Throughput, latency, connection rate and memory against the direct path, same run.
 bench: bench-deps build
 	./target/release/ambit-bench --ztunnel ./target/release/ztunnel
+	$(CARGO) bench -p ambit-cni-agent --bench pod_add
 
 # Every fuzz target (fuzz/fuzz_targets) for FUZZ_SECONDS each, from its tracked seeds plus the
 # untracked corpus it grows. Needs the nightly toolchain (libFuzzer and ASan); a crash fails the

@@ -405,6 +405,19 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
         ) >= 1.0)
     })?;
 
+    // CHECK passes, and names the capture rules once they are gone.
+    let runtime = mesh.agents[0].runtime();
+    runtime.check_plugin("ambit-cni", &client.sandbox, &client.result)?;
+    client.pod.netns.exec(&["nft", "delete", "table", "inet", "ambit"])?;
+    let broken = runtime
+        .check_plugin("ambit-cni", &client.sandbox, &client.result)
+        .expect_err("CHECK without rules");
+    assert!(
+        format!("{broken:#}").contains("capture rules of pod shop/client are missing"),
+        "{broken:#}"
+    );
+    ambit_capture::install(ambit_capture::Backend::Nftables, &client.pod.netns.path())?;
+
     // The agent's socket answers garbage with an error naming the problem, and keeps serving.
     let mut raw = std::os::unix::net::UnixStream::connect(&mesh.agents[0].socket)?;
     raw.write_all(b"{\"command\": \"ADD\", \"podName\": 7}\n")?;
@@ -450,7 +463,6 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
     })?;
 
     // DEL twice is fine; the pod's rules and its capture are gone after the first.
-    let runtime = mesh.agents[0].runtime();
     runtime.del(&client.sandbox, Some(&client.result))?;
     runtime.del(&client.sandbox, Some(&client.result))?;
     assert!(!ruleset(&client.pod.netns)?.contains("ambit"));
