@@ -15,7 +15,7 @@ use std::{
 use ambit_testkit::{
     Network,
     cni::{self, Runtime, Sandbox},
-    cni_agent::{self, CniAgent},
+    cni_agent::CniAgent,
     mesh::{self, MeshConfig, TestCa, ZtunnelFiles},
 };
 use anyhow::Context as _;
