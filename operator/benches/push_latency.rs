@@ -11,6 +11,9 @@
 //! - `delta`: a protocol-level delta ADS client written here: wildcard Address + Authorization,
 //!   decodes every resource, keeps name → version, ACKs every response; "has it" means it has
 //!   decoded the workload with the new IP and queued the ACK.
+//! - `delta-resync`: the same, but once synced each client reopens its stream with
+//!   `initial_resource_versions` (about 700 KB at 10k pods), as every ztunnel does when the
+//!   operator restarts; the operator answers with the (empty) difference.
 //!
 //! Run: `cargo bench -p ambit-operator --bench push_latency`. Knobs (env): `RUNS` (default
 //! `delta:100,xds-client:100,delta:1000`), `PODS` (10000), `SERVICES` (1000), `NODES` (100),
@@ -65,6 +68,7 @@ const CONNECT_CONCURRENCY: usize = 16;
 enum Kind {
     XdsClient,
     Delta,
+    DeltaResync,
 }
 
 impl Kind {
@@ -72,6 +76,7 @@ impl Kind {
         match self {
             Kind::XdsClient => "xds-client",
             Kind::Delta => "delta",
+            Kind::DeltaResync => "delta-resync",
         }
     }
 }
@@ -104,7 +109,8 @@ impl Knobs {
                 let kind = match kind {
                     "xds-client" => Kind::XdsClient,
                     "delta" => Kind::Delta,
-                    other => bail!("RUNS kind {other:?} is neither xds-client nor delta"),
+                    "delta-resync" => Kind::DeltaResync,
+                    other => bail!("RUNS kind {other:?} is not xds-client, delta or delta-resync"),
                 };
                 Ok((kind, n.parse().with_context(|| format!("RUNS count {n:?}"))?))
             })
@@ -465,12 +471,12 @@ async fn run(
     let connecting = Instant::now();
     let mut clients = match kind {
         Kind::XdsClient => Clients::Full(connect_full(target, n, &stop).await?),
-        Kind::Delta => {
+        Kind::Delta | Kind::DeltaResync => {
             let probe = Arc::new(Probe {
                 wanted: AtomicU64::new(0),
                 seen: watch::Sender::new(0),
             });
-            let tasks = connect_delta(target, n, &probe, &stop).await?;
+            let tasks = connect_delta(target, n, kind == Kind::DeltaResync, &probe, &stop).await?;
             Clients::Delta(probe, tasks)
         }
     };
@@ -605,6 +611,7 @@ async fn connect_full(
 async fn connect_delta(
     target: &Target,
     n: usize,
+    resync: bool,
     probe: &Arc<Probe>,
     stop: &CancellationToken,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
@@ -619,7 +626,7 @@ async fn connect_delta(
             let task = tokio::spawn(async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    result = delta_client(endpoint, token, i, probe, synced_tx) => {
+                    result = delta_client(endpoint, token, i, resync, probe, synced_tx) => {
                         if let Err(error) = result {
                             eprintln!("delta client {i}: {error:#}");
                         }
@@ -642,88 +649,99 @@ async fn connect_delta(
 }
 
 /// One delta ADS stream: wildcard Address + Authorization, every resource decoded, name →
-/// version kept, every response ACKed; reports each round's IP once to the probe.
+/// version kept, every response ACKed; reports each round's IP once to the probe. With `resync`,
+/// the first stream only fills the versions and a second one opens with them.
 async fn delta_client(
     endpoint: Endpoint,
     token: String,
     i: usize,
+    resync: bool,
     probe: Arc<Probe>,
     synced: tokio::sync::oneshot::Sender<()>,
 ) -> anyhow::Result<()> {
     let channel = endpoint.connect().await?;
     let (node_id, node_name) = client_node(i);
-    let (tx, rx) = mpsc::channel(4);
-    for (k, type_url) in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL].into_iter().enumerate() {
-        let node = (k == 0).then(|| Node {
-            id: node_id.clone(),
-            metadata: Some(prost_types::Struct {
-                fields: [(
-                    "NODE_NAME".to_owned(),
-                    prost_types::Value {
-                        kind: Some(prost_types::value::Kind::StringValue(node_name.clone())),
-                    },
-                )]
-                .into(),
-            }),
-            ..Node::default()
-        });
-        tx.try_send(DeltaDiscoveryRequest {
-            node,
-            type_url: type_url.to_owned(),
-            resource_names_subscribe: vec!["*".to_owned()],
-            ..DeltaDiscoveryRequest::default()
-        })?;
-    }
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let mut responses = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(usize::MAX)
-        .delta_aggregated_resources(request)
-        .await?
-        .into_inner();
     let mut versions: [HashMap<String, String>; 2] = Default::default();
-    let mut answered = [false; 2];
     let mut synced = Some(synced);
+    let mut reopen = resync;
     let mut last_round = 0u32;
-    while let Some(response) = responses.message().await? {
-        let slot = usize::from(response.type_url == AUTHORIZATION_TYPE_URL);
-        let wanted = probe.wanted.load(Ordering::SeqCst);
-        let (round, wanted_ip) = ((wanted >> 32) as u32, Ipv4Addr::from(wanted as u32).octets());
-        let mut hit = false;
-        for resource in response.resources {
-            let Some(any) = &resource.resource else { continue };
-            if slot == 0 {
-                if let Some(address::Type::Workload(workload)) = Address::decode(any.value.as_slice())?.r#type {
-                    hit |= workload.addresses.iter().any(|a| a.as_slice() == wanted_ip);
+    'stream: loop {
+        let (tx, rx) = mpsc::channel(4);
+        for (k, type_url) in [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL].into_iter().enumerate() {
+            let node = (k == 0).then(|| Node {
+                id: node_id.clone(),
+                metadata: Some(prost_types::Struct {
+                    fields: [(
+                        "NODE_NAME".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(node_name.clone())),
+                        },
+                    )]
+                    .into(),
+                }),
+                ..Node::default()
+            });
+            tx.try_send(DeltaDiscoveryRequest {
+                node,
+                type_url: type_url.to_owned(),
+                resource_names_subscribe: vec!["*".to_owned()],
+                initial_resource_versions: versions[k].clone(),
+                ..DeltaDiscoveryRequest::default()
+            })?;
+        }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let mut responses = AggregatedDiscoveryServiceClient::new(channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .delta_aggregated_resources(request)
+            .await?
+            .into_inner();
+        let mut answered = [false; 2];
+        while let Some(response) = responses.message().await? {
+            let slot = usize::from(response.type_url == AUTHORIZATION_TYPE_URL);
+            let wanted = probe.wanted.load(Ordering::SeqCst);
+            let (round, wanted_ip) = ((wanted >> 32) as u32, Ipv4Addr::from(wanted as u32).octets());
+            let mut hit = false;
+            for resource in response.resources {
+                let Some(any) = &resource.resource else { continue };
+                if slot == 0 {
+                    if let Some(address::Type::Workload(workload)) = Address::decode(any.value.as_slice())?.r#type {
+                        hit |= workload.addresses.iter().any(|a| a.as_slice() == wanted_ip);
+                    }
+                } else {
+                    Authorization::decode(any.value.as_slice())?;
                 }
-            } else {
-                Authorization::decode(any.value.as_slice())?;
+                versions[slot].insert(resource.name, resource.version);
             }
-            versions[slot].insert(resource.name, resource.version);
+            for name in &response.removed_resources {
+                versions[slot].remove(name);
+            }
+            tx.send(DeltaDiscoveryRequest {
+                type_url: response.type_url,
+                response_nonce: response.nonce,
+                ..DeltaDiscoveryRequest::default()
+            })
+            .await?;
+            answered[slot] = true;
+            if answered == [true, true] {
+                if reopen {
+                    // Dropping this stream's halves ends it; the next opens with the versions.
+                    reopen = false;
+                    continue 'stream;
+                }
+                if let Some(synced) = synced.take() {
+                    let _ = synced.send(());
+                }
+            }
+            if hit && round != last_round {
+                last_round = round;
+                probe.seen.send_modify(|seen| *seen += 1);
+            }
         }
-        for name in &response.removed_resources {
-            versions[slot].remove(name);
-        }
-        tx.send(DeltaDiscoveryRequest {
-            type_url: response.type_url,
-            response_nonce: response.nonce,
-            ..DeltaDiscoveryRequest::default()
-        })
-        .await?;
-        answered[slot] = true;
-        if answered == [true, true]
-            && let Some(synced) = synced.take()
-        {
-            let _ = synced.send(());
-        }
-        if hit && round != last_round {
-            last_round = round;
-            probe.seen.send_modify(|seen| *seen += 1);
-        }
+        bail!("stream closed by the operator")
     }
-    bail!("stream closed by the operator")
 }
 
 struct Memory {

@@ -1,30 +1,30 @@
-//! The delta ADS server the operator runs: a tonic `AggregatedDiscoveryService` over a
+//! The delta ADS server the operator runs: the `AggregatedDiscoveryService` gRPC method over a
 //! [`ResourceStore`] the operator updates incrementally.
 //!
 //! A push costs O(changed × clients): each stream follows the store's change log from its own
-//! cursor. Bursts are debounced. Callers are authenticated per stream by an [`Authenticator`].
+//! cursor. Resources are encoded once, in the store; a stream keeps no copy of what it sent.
+//! Bursts are debounced. Callers are authenticated per stream by an [`Authenticator`].
 //! Where resources come from, and which caller may see what, is the operator's business.
 
 mod debounce;
 mod metrics;
+mod requests;
+mod response;
+mod service;
 mod store;
 mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ambit_proto::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use ambit_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
 
 pub use metrics::ServerMetrics;
+pub use service::AdsService;
 pub use store::ResourceStore;
 
 /// Tuning of the server.
@@ -147,31 +147,8 @@ impl XdsServer {
         self.shared.shutdown.cancel();
     }
 
-    /// The tonic service to add to a `tonic::transport::Server`.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        if self.shared.shutdown.is_cancelled() {
-            return Err(Status::unavailable("xds server shutting down"));
-        }
-        let identity = self.shared.authenticator.authenticate(request.metadata()).await?;
-        let (tx, rx) = mpsc::channel(self.shared.config.stream_buffer.max(1));
-        tokio::spawn(stream::serve(
-            Arc::clone(&self.shared),
-            identity,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+    /// The service to add to a `tonic::transport::Server` or its `Routes`.
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
     }
 }

@@ -8,8 +8,11 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ambit_proto::envoy::service::discovery::v3::Resource;
+use bytes::Bytes;
 use prost_types::Any;
 use tokio::sync::watch;
+
+use super::response;
 
 /// Named resources per type URL, shared by the operator (writer) and the server (readers).
 #[derive(Debug)]
@@ -32,10 +35,12 @@ pub(crate) struct TypeState {
     floor: u64,
 }
 
-/// A stored resource, ready to send.
+/// A stored resource, ready to send: encoded once here, copied as is into every response.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
-    pub(crate) resource: Resource,
+    pub(crate) version: String,
+    /// The `Resource` as an element of a response's `resources` ([`response::encode_resource`]).
+    pub(crate) encoded: Bytes,
 }
 
 /// What changed after a cursor.
@@ -80,11 +85,7 @@ impl ResourceStore {
             let state = types.entry(type_url.to_owned()).or_default();
             for (name, any) in upserts {
                 let version = content_version(&any);
-                if state
-                    .resources
-                    .get(name.as_str())
-                    .is_some_and(|s| s.resource.version == version)
-                {
+                if state.resources.get(name.as_str()).is_some_and(|s| s.version == version) {
                     continue;
                 }
                 let name: Arc<str> = name.into();
@@ -94,7 +95,11 @@ impl ResourceStore {
                     name: name.to_string(),
                     aliases: Vec::new(),
                 };
-                state.resources.insert(Arc::clone(&name), Stored { resource });
+                let stored = Stored {
+                    encoded: response::encode_resource(&resource),
+                    version: resource.version,
+                };
+                state.resources.insert(Arc::clone(&name), stored);
                 state.record(name, self.log_capacity);
                 changed += 1;
             }
@@ -130,11 +135,7 @@ impl ResourceStore {
     /// The version of `name`, if stored.
     pub fn version(&self, type_url: &str, name: &str) -> Option<String> {
         let types = self.lock();
-        types
-            .get(type_url)?
-            .resources
-            .get(name)
-            .map(|s| s.resource.version.clone())
+        types.get(type_url)?.resources.get(name).map(|s| s.version.clone())
     }
 
     /// How many resources of `type_url` are stored.

@@ -1,17 +1,20 @@
 //! One client's delta ADS stream: its subscriptions per type URL (wildcard and explicit names,
 //! as in Envoy's delta xDS), cursors into the store's change log, nonces and ACK/NACK handling.
 //!
-//! Responses are computed from the store under its lock and sent after; the stream never
-//! holds the lock across an await.
+//! Responses are gathered from the store under its lock (the resources' encoded bytes, shared)
+//! and encoded after; the stream never holds the lock across an await.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use ambit_proto::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use ambit_proto::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
-use super::store::{ResourceStore, TypeState};
+use super::requests::Requests;
+use super::response;
+use super::store::{ResourceStore, Stored, TypeState};
 use super::{ClientIdentity, Shared};
 
 const WILDCARD: &str = "*";
@@ -36,13 +39,16 @@ impl Subscription {
 /// Why a stream ended, for the log.
 type Outcome = Result<(), Status>;
 
+/// Encoded resources (see [`response::encode_resource`]) and removed names, for one response.
+type Delta = (Vec<Bytes>, Vec<String>);
+
 /// Serves one stream until the client goes away, the response channel closes or the stream
 /// falls behind the change log.
 pub(super) async fn serve(
     shared: Arc<Shared>,
     identity: ClientIdentity,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut requests: Requests,
+    tx: mpsc::Sender<Result<Bytes, Status>>,
 ) {
     let mut push = shared.push.clone();
     push.mark_unchanged();
@@ -75,15 +81,12 @@ struct Connection {
     node: String,
     subscriptions: HashMap<String, Subscription>,
     nonce: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    /// Encoded gRPC messages, for the response body.
+    tx: mpsc::Sender<Result<Bytes, Status>>,
 }
 
 impl Connection {
-    async fn run(
-        &mut self,
-        requests: &mut Streaming<DeltaDiscoveryRequest>,
-        push: &mut watch::Receiver<u64>,
-    ) -> Outcome {
+    async fn run(&mut self, requests: &mut Requests, push: &mut watch::Receiver<u64>) -> Outcome {
         loop {
             tokio::select! {
                 request = requests.message() => match request {
@@ -182,7 +185,7 @@ impl Connection {
                 if changes.upserted.is_empty() && changes.removed.is_empty() {
                     continue;
                 }
-                let resources = changes.upserted.iter().map(|s| s.resource.clone()).collect();
+                let resources = changes.upserted.iter().map(|s| s.encoded.clone()).collect();
                 let removed = changes.removed.iter().map(|n| n.to_string()).collect();
                 responses.push((type_url.clone(), resources, removed));
             }
@@ -193,25 +196,21 @@ impl Connection {
         Ok(())
     }
 
-    async fn send(&mut self, type_url: &str, resources: Vec<Resource>, removed: Vec<String>, always: bool) -> Outcome {
+    async fn send(&mut self, type_url: &str, resources: Vec<Bytes>, removed: Vec<String>, always: bool) -> Outcome {
         if !always && resources.is_empty() && removed.is_empty() {
             return Ok(());
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        if let Some(subscription) = self.subscriptions.get_mut(type_url) {
-            subscription.last_nonce.clone_from(&nonce);
-        }
+        let message = response::encode_response(type_url, &nonce, &resources, &removed)?;
         self.shared.metrics.push(type_url, resources.len() + removed.len());
-        let response = DeltaDiscoveryResponse {
-            system_version_info: String::new(),
-            resources,
-            type_url: type_url.to_owned(),
-            nonce,
-            removed_resources: removed,
-        };
+        // The message is a copy; the shared resource bytes are not held while it waits to be sent.
+        drop(resources);
+        if let Some(subscription) = self.subscriptions.get_mut(type_url) {
+            subscription.last_nonce = nonce;
+        }
         self.tx
-            .send(Ok(response))
+            .send(Ok(message))
             .await
             .map_err(|_| Status::cancelled("xds client went away"))
     }
@@ -220,11 +219,7 @@ impl Connection {
 /// The first request of a type: wildcard when it names no resource or names `*`. The client's
 /// `initial_resource_versions` say what it already holds: it gets what differs, and removals
 /// for what it holds that no longer exists.
-fn initial(
-    state: &TypeState,
-    subscribe: &[String],
-    known: &HashMap<String, String>,
-) -> (Subscription, (Vec<Resource>, Vec<String>)) {
+fn initial(state: &TypeState, subscribe: &[String], known: &HashMap<String, String>) -> (Subscription, Delta) {
     let wildcard = subscribe.is_empty() || subscribe.iter().any(|n| n == WILDCARD);
     let subscription = Subscription {
         wildcard,
@@ -232,23 +227,21 @@ fn initial(
         cursor: state.generation,
         last_nonce: String::new(),
     };
-    let differs = |stored: &Resource| known.get(&stored.name) != Some(&stored.version);
-    let resources: Vec<Resource> = if wildcard {
+    let differs = |name: &str, stored: &Stored| known.get(name) != Some(&stored.version);
+    let resources: Vec<Bytes> = if wildcard {
         state
             .resources
-            .values()
-            .map(|s| &s.resource)
-            .filter(|r| differs(r))
-            .cloned()
+            .iter()
+            .filter(|(name, stored)| differs(name, stored))
+            .map(|(_, stored)| stored.encoded.clone())
             .collect()
     } else {
         subscription
             .names
             .iter()
-            .filter_map(|name| state.resources.get(name.as_str()))
-            .map(|s| &s.resource)
-            .filter(|r| differs(r))
-            .cloned()
+            .filter_map(|name| state.resources.get(name.as_str()).map(|stored| (name, stored)))
+            .filter(|(name, stored)| differs(name, stored))
+            .map(|(_, stored)| stored.encoded.clone())
             .collect()
     };
     let removed = known
@@ -267,7 +260,7 @@ fn update(
     state: &TypeState,
     subscribe: &[String],
     unsubscribe: &[String],
-) -> Option<(Vec<Resource>, Vec<String>)> {
+) -> Option<Delta> {
     for name in unsubscribe {
         if name == WILDCARD {
             subscription.wildcard = false;
@@ -284,11 +277,11 @@ fn update(
         if name == WILDCARD {
             if !subscription.wildcard {
                 subscription.wildcard = true;
-                resources.extend(state.resources.values().map(|s| s.resource.clone()));
+                resources.extend(state.resources.values().map(|s| s.encoded.clone()));
             }
         } else if subscription.names.insert(name.clone()) && !subscription.wildcard {
             match state.resources.get(name.as_str()) {
-                Some(stored) => resources.push(stored.resource.clone()),
+                Some(stored) => resources.push(stored.encoded.clone()),
                 None => removed.push(name.clone()),
             }
         }
