@@ -115,16 +115,7 @@ impl CniMesh {
         let state_dir = dir.join("operator-state");
         std::fs::create_dir_all(&manifests)?;
         std::fs::create_dir_all(&state_dir)?;
-        let mut tokens = String::from("tokens:\n");
-        for node in [&node1, &node2] {
-            let token = format!("token-{}-{}", node.name, std::process::id());
-            tokens.push_str(&format!(
-                "  - {{token: {token}, namespace: ambit-system, serviceAccount: ztunnel, node: {}}}\n",
-                node.name
-            ));
-            write(&dir.join(format!("{}.token", node.name)), &token)?;
-        }
-        write(&dir.join("tokens.yaml"), &tokens)?;
+        let bootstrap_tokens = mesh::write_bootstrap_tokens(&dir, &[&node1, &node2])?;
         write(&manifests.join("00-shop.yaml"), &namespace_manifest(MESH_NS, true))?;
         write(&manifests.join("00-plain.yaml"), &namespace_manifest(PLAIN_NS, false))?;
 
@@ -133,7 +124,7 @@ impl CniMesh {
             &OperatorFiles {
                 binary: mesh::find_operator(None)?,
                 manifests: manifests.clone(),
-                bootstrap_tokens: dir.join("tokens.yaml"),
+                bootstrap_tokens,
                 state_dir,
             },
             &["--manifest-poll", "100ms"],
@@ -260,7 +251,7 @@ impl CniMesh {
             ip,
             node: node_name,
         };
-        start_echo(&pod)?;
+        pod.start_echo(ECHO_PORT)?;
         Ok(CniPod { sandbox, result, pod })
     }
 
@@ -274,25 +265,6 @@ impl CniMesh {
         }
         Ok(())
     }
-}
-
-fn start_echo(pod: &Pod) -> anyhow::Result<()> {
-    let listener = pod.tcp_listener(ECHO_PORT)?;
-    listener.set_nonblocking(false)?;
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    Ok(())
 }
 
 /// Sends `data` from inside `from` to `to`:8080 and returns what came back.
@@ -335,6 +307,15 @@ fn captured(z: &Ztunnel, key: &str) -> anyhow::Result<bool> {
     Ok(dump["capturedPods"]
         .as_array()
         .is_some_and(|pods| pods.iter().any(|p| p["workload"] == key)))
+}
+
+/// Waits until `z` has counted a connection, as `reporter`, from service account `shop/<sa>`.
+fn wait_counted(z: &Ztunnel, reporter: &str, sa: &str) -> anyhow::Result<()> {
+    let principal = format!("spiffe://cluster.local/ns/{MESH_NS}/sa/{sa}");
+    let labels = [("reporter", reporter), ("source_principal", principal.as_str())];
+    wait_until(Duration::from_secs(5), "ztunnel counts the connection", || {
+        Ok(metric(&z.metrics()?, "istio_tcp_connections_opened_total", &labels) >= 1.0)
+    })
 }
 
 fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -393,17 +374,7 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
         !pcap_contains(&pcap, marker),
         "application bytes seen on the wire between nodes"
     );
-    let into_server = [
-        ("reporter", "destination"),
-        ("source_principal", "spiffe://cluster.local/ns/shop/sa/client"),
-    ];
-    wait_until(Duration::from_secs(5), "node2's ztunnel counts the connection", || {
-        Ok(metric(
-            &mesh.ztunnels[1].metrics()?,
-            "istio_tcp_connections_opened_total",
-            &into_server,
-        ) >= 1.0)
-    })?;
+    wait_counted(&mesh.ztunnels[1], "destination", "client")?;
 
     // CHECK passes, and names the capture rules once they are gone.
     let runtime = mesh.agents[0].runtime();
@@ -618,21 +589,7 @@ fn pods_running_before_the_agent_are_found_and_enrolled() -> anyhow::Result<()> 
         Ok(ruleset(&before.pod.netns)?.contains("table inet ambit") && captured(&mesh.ztunnels[0], "shop/before")?)
     })?;
     assert_eq!(echo(&before.pod, server.pod.ip, b"found")?, b"found");
-    let from_before = [
-        ("reporter", "source"),
-        ("source_principal", "spiffe://cluster.local/ns/shop/sa/before"),
-    ];
-    wait_until(
-        Duration::from_secs(5),
-        "node1's ztunnel counts the pod's connection",
-        || {
-            Ok(metric(
-                &mesh.ztunnels[0].metrics()?,
-                "istio_tcp_connections_opened_total",
-                &from_before,
-            ) >= 1.0)
-        },
-    )?;
+    wait_counted(&mesh.ztunnels[0], "source", "before")?;
     // Its runtime's DEL (with the sandbox id the agent never saw) still releases it.
     mesh.agents[0].runtime().del(&before.sandbox, Some(&before.result))?;
     assert!(!ruleset(&before.pod.netns)?.contains("ambit"));
@@ -653,17 +610,7 @@ fn the_iptables_backend_captures_and_releases_pods_too() -> anyhow::Result<()> {
         "no nftables table with iptables"
     );
     assert_eq!(echo(&client.pod, server.pod.ip, b"via iptables")?, b"via iptables");
-    let into_server = [
-        ("reporter", "destination"),
-        ("source_principal", "spiffe://cluster.local/ns/shop/sa/client"),
-    ];
-    wait_until(Duration::from_secs(5), "node2's ztunnel counts the connection", || {
-        Ok(metric(
-            &mesh.ztunnels[1].metrics()?,
-            "istio_tcp_connections_opened_total",
-            &into_server,
-        ) >= 1.0)
-    })?;
+    wait_counted(&mesh.ztunnels[1], "destination", "client")?;
     mesh.agents[0].runtime().del(&client.sandbox, Some(&client.result))?;
     let rules = client.pod.netns.exec(&["iptables-save", "-t", "nat"])?;
     assert!(!rules.contains("AMBIT"), "{rules}");

@@ -263,6 +263,23 @@ pub struct XdsZtunnelFiles {
     pub zds_socket: PathBuf,
 }
 
+/// Writes the operator's bootstrap-token file (`<dir>/bootstrap-tokens.yaml`) with one ztunnel
+/// token per node, and each node's token to `<dir>/<node>.token`; returns the token file's path.
+pub fn write_bootstrap_tokens(dir: &Path, nodes: &[&Node]) -> anyhow::Result<PathBuf> {
+    let mut tokens = String::from("tokens:\n");
+    for node in nodes {
+        let token = format!("bootstrap-token-{}-{}", node.name, std::process::id());
+        tokens.push_str(&format!(
+            "  - {{token: {token}, namespace: ambit-system, serviceAccount: ztunnel, node: {}}}\n",
+            node.name
+        ));
+        write_file(&dir.join(format!("{}.token", node.name)), &token)?;
+    }
+    let path = dir.join("bootstrap-tokens.yaml");
+    write_file(&path, &tokens)?;
+    Ok(path)
+}
+
 impl Network {
     /// Starts `ambit-operator --manifests ..` (plus `extra_args`) in `node`'s namespace, gRPC and
     /// monitoring on the node's underlay address. Call [`Operator::wait_ready`] next.

@@ -357,6 +357,29 @@ impl Pod {
             .with_context(|| format!("cannot listen on {addr} in pod {} ({})", self.name, self.netns))
     }
 
+    /// An echo server on 0.0.0.0:`port` inside the pod: a thread per connection writes back
+    /// what it reads and half-closes at the end. Runs until the process exits.
+    pub fn start_echo(&self, port: u16) -> anyhow::Result<()> {
+        use std::io::{Read as _, Write as _};
+        let listener = self.tcp_listener(port)?;
+        listener.set_nonblocking(false)?;
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = stream.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Ok(())
+    }
+
     /// A blocking stream created and connected inside the pod (10 s connect timeout).
     pub fn tcp_connect(&self, addr: SocketAddr) -> anyhow::Result<std::net::TcpStream> {
         self.netns

@@ -132,30 +132,9 @@ fn reloads(z: &Ztunnel, result: &str) -> anyhow::Result<f64> {
     ))
 }
 
-/// An echo server: every connection gets back what it sends, until it half-closes.
+/// An echo server on `port` inside `pod` (see [`Pod::start_echo`]).
 pub fn start_echo(pod: &Pod, port: u16) -> anyhow::Result<()> {
-    let listener = pod.tcp_listener(port)?;
-    listener.set_nonblocking(false)?;
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = stream.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    Ok(())
+    pod.start_echo(port)
 }
 
 /// Sends `payload` and half-closes while reading everything back on another thread.

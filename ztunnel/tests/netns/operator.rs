@@ -63,17 +63,7 @@ impl OperatorMesh {
         let state_dir = dir.join("operator-state");
         std::fs::create_dir_all(&manifests)?;
         std::fs::create_dir_all(&state_dir)?;
-        let mut tokens = String::from("tokens:\n");
-        for node in [&node1, &node2] {
-            let token = format!("bootstrap-token-{}-{}", node.name, std::process::id());
-            tokens.push_str(&format!(
-                "  - {{token: {token}, namespace: ambit-system, serviceAccount: ztunnel, node: {}}}\n",
-                node.name
-            ));
-            write(&dir.join(format!("{}.token", node.name)), &token)?;
-        }
-        let bootstrap_tokens = dir.join("bootstrap-tokens.yaml");
-        write(&bootstrap_tokens, &tokens)?;
+        let bootstrap_tokens = mesh::write_bootstrap_tokens(&dir, &[&node1, &node2])?;
 
         write(&manifests.join("00-namespace.yaml"), &namespace_manifest(NAMESPACE))?;
         write(
