@@ -135,9 +135,9 @@ fn main() -> anyhow::Result<()> {
             };
             let name = format!("p{i}-{s}");
             let netns = net.add_sandbox(&node, &name)?;
-            std::fs::write(
-                manifests.join(format!("{name}.yaml")),
-                format!(
+            mesh::write_file(
+                &manifests.join(format!("{name}.yaml")),
+                &format!(
                     "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  nodeName: node1\n  containers: [{{name: app, image: x}}]\n"
                 ),
             )?;

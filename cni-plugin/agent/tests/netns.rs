@@ -44,13 +44,6 @@ struct CniMesh {
     original_conflists: [(PathBuf, String); 2],
 }
 
-fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
-    // Temp file + rename: the operator and the agents poll these.
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
-}
-
 fn namespace_manifest(name: &str, enrolled: bool) -> String {
     let labels = if enrolled {
         "\n  labels:\n    ambit.dev/dataplane-mode: ambient"
@@ -111,24 +104,12 @@ impl CniMesh {
         let node1 = net.add_node("node1")?;
         let node2 = net.add_node("node2")?;
         let dir = net.log_dir().to_owned();
-        let manifests = dir.join("manifests");
-        let state_dir = dir.join("operator-state");
-        std::fs::create_dir_all(&manifests)?;
-        std::fs::create_dir_all(&state_dir)?;
-        let bootstrap_tokens = mesh::write_bootstrap_tokens(&dir, &[&node1, &node2])?;
-        write(&manifests.join("00-shop.yaml"), &namespace_manifest(MESH_NS, true))?;
-        write(&manifests.join("00-plain.yaml"), &namespace_manifest(PLAIN_NS, false))?;
+        let operator_files = OperatorFiles::local(&dir, &[&node1, &node2])?;
+        let manifests = operator_files.manifests.clone();
+        mesh::write_file(&manifests.join("00-shop.yaml"), &namespace_manifest(MESH_NS, true))?;
+        mesh::write_file(&manifests.join("00-plain.yaml"), &namespace_manifest(PLAIN_NS, false))?;
 
-        let operator = net.spawn_operator(
-            &node1,
-            &OperatorFiles {
-                binary: mesh::find_operator(None)?,
-                manifests: manifests.clone(),
-                bootstrap_tokens,
-                state_dir,
-            },
-            &["--manifest-poll", "100ms"],
-        )?;
+        let operator = net.spawn_operator(&node1, &operator_files, &["--manifest-poll", "100ms"])?;
         operator.wait_ready(Duration::from_secs(30))?;
 
         let (agent_binary, plugin) = (cni_agent::find_cni_agent(None)?, cni_agent::find_cni_plugin(None)?);
@@ -148,7 +129,7 @@ impl CniMesh {
             );
             let text = serde_json::to_string_pretty(&conflist)?;
             let path = conf_dir.join("10-bridge.conflist");
-            write(&path, &text)?;
+            mesh::write_file(&path, &text)?;
             originals.push((path, text));
             agents.push(net.spawn_cni_agent(node, &agent_binary, &plugin, &manifests, &dir, agent_args)?);
         }
@@ -209,7 +190,7 @@ impl CniMesh {
         let sandbox = self.sandbox(node, namespace, name)?;
         let file = self.manifests.join(format!("20-{namespace}-{name}.yaml"));
         let node_name = self.nodes[node].name.clone();
-        write(&file, &pod_manifest(namespace, name, &node_name, labels, None))?;
+        mesh::write_file(&file, &pod_manifest(namespace, name, &node_name, labels, None))?;
         let result = self.agents[node].runtime().add(&sandbox)?;
         self.finish_pod(node, sandbox, result, labels)
     }
@@ -229,7 +210,7 @@ impl CniMesh {
         let file = self
             .manifests
             .join(format!("20-{}-{}.yaml", sandbox.namespace, sandbox.name));
-        write(
+        mesh::write_file(
             &file,
             &pod_manifest(
                 &sandbox.namespace,
@@ -420,7 +401,7 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
     drop(probe);
 
     // Un-enrolling the namespace takes every rule out of its pods; enrolling again puts them back.
-    write(
+    mesh::write_file(
         &mesh.manifests.join("00-shop.yaml"),
         &namespace_manifest(MESH_NS, false),
     )?;
@@ -428,7 +409,7 @@ fn the_real_chain_enrolls_labelled_pods_into_ztunnel_and_leaves_others_alone() -
         Ok(!ruleset(&server.pod.netns)?.contains("ambit") && !captured(&mesh.ztunnels[1], "shop/server")?)
     })?;
     assert_eq!(echo(&client.pod, server.pod.ip, b"plain now")?, b"plain now");
-    write(&mesh.manifests.join("00-shop.yaml"), &namespace_manifest(MESH_NS, true))?;
+    mesh::write_file(&mesh.manifests.join("00-shop.yaml"), &namespace_manifest(MESH_NS, true))?;
     wait_until(Duration::from_secs(10), "the server is captured again", || {
         Ok(ruleset(&server.pod.netns)?.contains("table inet ambit") && captured(&mesh.ztunnels[1], "shop/server")?)
     })?;
@@ -470,7 +451,7 @@ fn restarts_recover_every_pod_and_adds_fail_closed_while_ztunnel_is_down() -> an
     mesh.agents[0].process.stop(Duration::from_secs(5))?;
     assert_eq!(echo(&client.pod, server.pod.ip, b"agent down")?, b"agent down");
     let sandbox = mesh.sandbox(0, MESH_NS, "early")?;
-    write(
+    mesh::write_file(
         &mesh.manifests.join("20-shop-early.yaml"),
         &pod_manifest(MESH_NS, "early", "node1", &[], None),
     )?;
@@ -496,7 +477,7 @@ fn restarts_recover_every_pod_and_adds_fail_closed_while_ztunnel_is_down() -> an
     let err = echo(&client.pod, server.pod.ip, b"leak?").expect_err("traffic with ztunnel down");
     let _ = err;
     let sandbox = mesh.sandbox(0, MESH_NS, "late")?;
-    write(
+    mesh::write_file(
         &mesh.manifests.join("20-shop-late.yaml"),
         &pod_manifest(MESH_NS, "late", "node1", &[], None),
     )?;

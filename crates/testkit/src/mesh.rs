@@ -280,6 +280,24 @@ pub fn write_bootstrap_tokens(dir: &Path, nodes: &[&Node]) -> anyhow::Result<Pat
     Ok(path)
 }
 
+impl OperatorFiles {
+    /// A local-mode layout under `dir`: an empty `manifests/`, `operator-state/`, and bootstrap
+    /// tokens for `nodes` (see [`write_bootstrap_tokens`]); the binary from [`find_operator`].
+    pub fn local(dir: &Path, nodes: &[&Node]) -> anyhow::Result<OperatorFiles> {
+        let manifests = dir.join("manifests");
+        let state_dir = dir.join("operator-state");
+        for d in [&manifests, &state_dir] {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        Ok(OperatorFiles {
+            binary: find_operator(None)?,
+            manifests,
+            bootstrap_tokens: write_bootstrap_tokens(dir, nodes)?,
+            state_dir,
+        })
+    }
+}
+
 impl Network {
     /// Starts `ambit-operator --manifests ..` (plus `extra_args`) in `node`'s namespace, gRPC and
     /// monitoring on the node's underlay address. Call [`Operator::wait_ready`] next.
@@ -501,7 +519,9 @@ pub fn process_cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_micros(total * 1_000_000 / hz))
 }
 
-fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+/// Writes `contents` through a temporary file and a rename, so a process polling `path` (the
+/// operator, the agent, ztunnel) never reads half of it.
+pub fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))

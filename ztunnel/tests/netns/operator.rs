@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -59,32 +59,23 @@ impl OperatorMesh {
         start_echo(&client, ECHO_PORT)?;
 
         let dir = net.log_dir().to_owned();
-        let manifests = dir.join("manifests");
-        let state_dir = dir.join("operator-state");
-        std::fs::create_dir_all(&manifests)?;
-        std::fs::create_dir_all(&state_dir)?;
-        let bootstrap_tokens = mesh::write_bootstrap_tokens(&dir, &[&node1, &node2])?;
+        let operator_files = OperatorFiles::local(&dir, &[&node1, &node2])?;
+        let manifests = operator_files.manifests.clone();
 
-        write(&manifests.join("00-namespace.yaml"), &namespace_manifest(NAMESPACE))?;
-        write(
+        mesh::write_file(&manifests.join("00-namespace.yaml"), &namespace_manifest(NAMESPACE))?;
+        mesh::write_file(
             &manifests.join("10-client.yaml"),
             &pod_manifest(&client, NAMESPACE, "sleep", "sleep"),
         )?;
-        write(
+        mesh::write_file(
             &manifests.join("10-server.yaml"),
             &pod_manifest(&server, NAMESPACE, "echo", "echo"),
         )?;
-        write(
+        mesh::write_file(
             &manifests.join("20-service.yaml"),
             &service_manifest("echo", VIP, "echo"),
         )?;
 
-        let operator_files = OperatorFiles {
-            binary: mesh::find_operator(None)?,
-            manifests: manifests.clone(),
-            bootstrap_tokens,
-            state_dir,
-        };
         let operator = net.spawn_operator(
             &node1,
             &operator_files,
@@ -103,7 +94,7 @@ impl OperatorMesh {
         let mut spawn_agent = |node: &Node| -> anyhow::Result<CniAgent> {
             let conf_dir = CniAgent::conf_dir_for(&dir, node);
             std::fs::create_dir_all(&conf_dir)?;
-            write(
+            mesh::write_file(
                 &conf_dir.join("10-wired.conflist"),
                 r#"{"cniVersion": "1.0.0", "name": "wired", "plugins": []}"#,
             )?;
@@ -149,13 +140,6 @@ impl OperatorMesh {
     fn server_addr(&self) -> SocketAddr {
         SocketAddr::from((self.server.ip, ECHO_PORT))
     }
-}
-
-fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
-    // Temp file + rename: the operator and ztunnel poll these and must never read half a file.
-    let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
 fn namespace_manifest(name: &str) -> String {
@@ -363,7 +347,7 @@ fn operator_manifest_changes_apply_live_to_policies_and_pods() -> anyhow::Result
     assert_eq!(echo_roundtrip(mesh.client.tcp_connect(addr)?, b"before")?, b"before");
 
     let policy = mesh.manifests.join("50-deny-sleep.yaml");
-    write(&policy, &deny_manifest("deny-sleep", &SLEEP["spiffe://".len()..]))?;
+    mesh::write_file(&policy, &deny_manifest("deny-sleep", &SLEEP["spiffe://".len()..]))?;
     wait_until(Duration::from_secs(10), || Ok(echo_fails(&mesh.client, addr)))
         .context("the DENY policy never took effect")?;
     let m2 = mesh.z2.metrics()?;
@@ -391,7 +375,7 @@ fn operator_manifest_changes_apply_live_to_policies_and_pods() -> anyhow::Result
     // A pod that appears later: the object first (as in Kubernetes), then the runtime's ADD.
     let late = mesh.net.add_pod(&mesh.node2, "late")?;
     start_echo(&late, ECHO_PORT)?;
-    write(
+    mesh::write_file(
         &mesh.manifests.join("10-late.yaml"),
         &pod_manifest(&late, NAMESPACE, "late", "late"),
     )?;
