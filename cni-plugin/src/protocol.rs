@@ -42,6 +42,13 @@ pub struct PodRequest {
     pub ips: Vec<IpAddr>,
 }
 
+impl PodRequest {
+    /// `namespace/name`, how the agent keys pods.
+    pub fn pod_key(&self) -> String {
+        format!("{}/{}", self.pod_namespace, self.pod_name)
+    }
+}
+
 /// The agent's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -76,13 +76,9 @@ impl Agent {
         self.enrolled().values().map(|e| e.handed.clone()).collect()
     }
 
-    pub fn enrolled_keys(&self) -> Vec<String> {
-        self.enrolled().keys().cloned().collect()
-    }
-
     /// Answers one plugin request.
     pub async fn handle(&self, request: PodRequest) -> PodReply {
-        let key = format!("{}/{}", request.pod_namespace, request.pod_name);
+        let key = request.pod_key();
         let command = request.command;
         let reply = match command {
             PodCommand::Add => self.add(request).await,
@@ -125,10 +121,10 @@ impl Agent {
         }
         let uid = cluster
             .pods
-            .get(&format!("{}/{}", request.pod_namespace, request.pod_name))
+            .get(&request.pod_key())
             .and_then(|p| p.uid.clone())
             .or(request.pod_uid.clone())
-            .unwrap_or_else(|| format!("{}/{}", request.pod_namespace, request.pod_name));
+            .unwrap_or_else(|| request.pod_key());
         let attachment = Attachment {
             namespace: request.pod_namespace,
             name: request.pod_name,
@@ -158,7 +154,7 @@ impl Agent {
     }
 
     async fn delete(&self, request: PodRequest) -> PodReply {
-        let key = format!("{}/{}", request.pod_namespace, request.pod_name);
+        let key = request.pod_key();
         let mut registry = self.registry.lock().await;
         let current = registry.get(&key).cloned();
         if current.as_ref().is_some_and(|a| !a.is_sandbox(&request.container_id)) {
@@ -179,7 +175,7 @@ impl Agent {
     }
 
     async fn check(&self, request: PodRequest) -> PodReply {
-        let key = format!("{}/{}", request.pod_namespace, request.pod_name);
+        let key = request.pod_key();
         if !self.enrolled().contains_key(&key) {
             return PodReply::Ok { enrolled: false };
         }
@@ -321,6 +317,29 @@ impl Agent {
             }
         }
         self.discover(cluster, &mut registry).await;
+        self.prune_probe_targets().await;
+    }
+
+    /// Drops node probe exemptions no enrolled pod holds (pods that went away while the agent
+    /// was down keep theirs otherwise).
+    async fn prune_probe_targets(&self) {
+        let wanted: Vec<IpAddr> = self.enrolled().values().flat_map(|e| e.ips.clone()).collect();
+        let backend = self.backend;
+        let pruned = tokio::task::spawn_blocking(move || -> Result<(), ambit_capture::Error> {
+            for ip in ambit_capture::probe_targets(backend)? {
+                if !wanted.contains(&ip) {
+                    ambit_capture::remove_probe_target(backend, ip)?;
+                    tracing::info!(%ip, "stale probe exemption removed");
+                }
+            }
+            Ok(())
+        })
+        .await;
+        match pruned {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the node's probe exemptions"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the node's probe exemptions"),
+        }
     }
 
     /// Enrolls pods that belong in the mesh but never came through the plugin (they predate

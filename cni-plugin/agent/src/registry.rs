@@ -96,12 +96,9 @@ impl Registry {
         self.pods.values()
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.pods.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.pods.is_empty()
     }
 
     /// Records `attachment`, replacing an earlier sandbox of the same pod.
